@@ -1,0 +1,98 @@
+"Foundation: the CLI, a smoke run, failures, resume, secrets, docs, the wheel."
+import json, os, subprocess, sys, zipfile
+from pathlib import Path
+import nbformat, pytest
+from conftest import ROOT, run_cli
+from sarlang_nb.core import SarlangError, RunDir, resolve_config
+from sarlang_nb.reproduce import stage_notebooks
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
+
+def test_reproduce_help_documents_every_flag():
+    r = run_cli("sarlang-reproduce", "--help")
+    assert r.returncode == 0
+    for flag in ("--profile", "--run-dir", "--stages", "--data-root", "--model-path", "--resume", "--param", "--notebooks"):
+        assert flag in r.stdout, flag
+    assert "smoke" in r.stdout and "paper" in r.stdout
+
+def test_stages_are_the_numbered_notebooks():
+    names = [p.stem for p in stage_notebooks()]
+    assert names[:2] == ["00_core", "01_sario"]
+    assert all(int(n[:2]) < 90 for n in names) and names == sorted(names)
+
+def test_smoke_run_resume_and_no_secret_leak(tmp_path):
+    run = tmp_path/"run"
+    env = {"OPENAI_API_KEY": SECRET, "MY_SERVICE_TOKEN": "tok-another-secret-42"}
+    r = run_cli("sarlang-reproduce", "--run-dir", run, "--stages", "00,01", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[1/2] 00_core" in r.stdout and "ok" in r.stdout and "ran 2 stage(s): 00_core, 01_sario" in r.stdout
+    cfg = json.loads((run/"config.json").read_text())
+    assert cfg["profile"] == "smoke"
+    for nb in ("00_core", "01_sario"):
+        assert (run/"notebooks"/f"{nb}.ipynb").exists()
+        nbformat.read(run/"notebooks"/f"{nb}.ipynb", as_version=4)  # a valid executed notebook
+    # the secrets in the environment appear nowhere in the run directory
+    for p in run.rglob("*"):
+        if p.is_file():
+            b = p.read_bytes()
+            assert SECRET.encode() not in b and b"tok-another-secret-42" not in b, p
+    # resume skips complete stages; a deleted output makes its stage run again
+    r = run_cli("sarlang-reproduce", "--run-dir", run, "--stages", "00,01", "--resume")
+    assert r.returncode == 0 and r.stdout.count("skipped (complete manifest)") == 2, r.stdout
+    (run/"config.json").unlink()
+    r = run_cli("sarlang-reproduce", "--run-dir", run, "--stages", "00,01", "--resume")
+    assert "ran 1 stage(s): 00_core" in r.stdout, r.stdout
+
+def _nb(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('run_dir = None\nprofile = "smoke"'); p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, *[nbformat.v4.new_code_cell(s) for s in sources]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, path)
+
+def test_failing_stage_names_notebook_and_cell(tmp_path):
+    nbs = tmp_path/"nbs"; nbs.mkdir()
+    _nb(nbs/"00_fine.ipynb", "x = 1")
+    _nb(nbs/"01_broken.ipynb", "y = 2", "raise ValueError('boom in stage')", "z = 3")
+    _nb(nbs/"02_never.ipynb", "open('never-ran', 'w')")
+    run = tmp_path/"run"
+    r = run_cli("sarlang-reproduce", "--run-dir", run, "--notebooks", nbs)
+    assert r.returncode != 0
+    assert "01_broken" in r.stderr and "cell" in r.stderr and "boom in stage" in r.stderr, r.stderr
+    assert (run/"notebooks"/"01_broken.ipynb").exists()          # the partial notebook is kept
+    assert not (run/"notebooks"/"02_never.ipynb").exists()       # later stages did not run
+    assert "00_fine" in r.stdout and "FAILED" in r.stdout
+
+def test_bad_arguments_are_clear(tmp_path):
+    r = run_cli("sarlang-reproduce", "--run-dir", tmp_path/"r", "--profile", "paper")
+    assert r.returncode == 1 and "--data-root" in r.stderr
+    r = run_cli("sarlang-reproduce", "--run-dir", tmp_path/"r", "--profile", "paper", "--data-root", tmp_path, "--model-path", "blip=/no/such")
+    assert r.returncode == 1 and "--model-path blip=/no/such" in r.stderr
+    r = run_cli("sarlang-reproduce", "--stages", "nope")
+    assert r.returncode == 1 and "no stage matches 'nope'" in r.stderr
+    r = run_cli("sarlang-reproduce", "--model-path", "oops")
+    assert r.returncode == 1 and "KEY=VALUE" in r.stderr
+
+def test_config_refuses_secrets(tmp_path):
+    rd = RunDir(tmp_path/"r").create()
+    with pytest.raises(SarlangError, match="secret"): rd.write_config({"openai_api_key": "abc"})
+    with pytest.raises(SarlangError, match="secret"): rd.write_config(resolve_config(note=SECRET))
+    assert not rd.config_file.exists()
+
+def test_docs_fallback_has_a_page_per_notebook(tmp_path):
+    from sarlang_nb.docs import build_docs
+    how, pages = build_docs(ROOT, tmp_path/"site", fallback=True)
+    assert how == "offline-html"
+    want = {p.stem for p in (ROOT/"nbs").glob("*.ipynb")}
+    assert want <= {p.stem for p in pages}
+    index = (tmp_path/"site"/"index.html").read_text()
+    for stem in want - {"index"}: assert f'href="{stem}.html"' in index, stem
+
+def test_wheel_ships_the_stage_notebooks(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    whl, = tmp_path.glob("sarlang_nb-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    for nb in stage_notebooks(): assert f"sarlang_nb/nbs/{nb.name}" in names, nb.name
+    assert "sarlang_nb/reproduce.py" in names
