@@ -1,0 +1,65 @@
+"SAR raster reading: every real image, every kind of file, every kind of bad file."
+import numpy as np, pytest
+from PIL import Image
+from sarlang_nb.core import SarlangError
+from sarlang_nb.sario import read_sar, read_raster, write_geotiff, find_images, POLS
+
+def test_reads_every_real_sar_image(shared_data):
+    imgs = find_images(shared_data/"real_sar_det"/"images")
+    assert len(imgs) == 43
+    for p in imgs:
+        r = read_raster(p)
+        assert r.data.dtype == np.float32 and r.data.ndim == 3 and r.data.shape[0] == 1, p
+        assert r.domain == "intensity" and r.source == "display8"
+        assert np.isfinite(r.data).all() and 0 <= r.data.min() and r.data.max() <= 1
+        assert min(r.shape) >= 600  # HRSID chips are 800x800, SAR-AIRcraft 800-1500 px
+
+def test_refined_lee_input_convention(shared_data):
+    "The conformance vector's input is (gray/255)^2 of the HRSID PNG's central crop: our reader gives exactly that."
+    src = shared_data/"real_sar_det"/"images"
+    png = [p for p in find_images(src) if p.name.startswith("P0094_0_800_3000_3800")]
+    if not png: pytest.skip("P0094 chip not in the sample")
+    ref = np.load(shared_data/"refined_lee_vectors"/"input_P0094_512_intensity.npy")
+    np.testing.assert_allclose(read_sar(png[0])[144:656, 144:656], ref, rtol=1e-6)
+
+def test_quad_pol_and_domains(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.gamma(2.0, 0.5, (4, 32, 40)).astype(np.float32)
+    write_geotiff(tmp_path/"q.tif", a, bands=POLS)
+    for i, pol in enumerate(POLS):
+        np.testing.assert_array_equal(read_sar(tmp_path/"q.tif", pol=pol), a[i])
+    np.testing.assert_allclose(read_sar(tmp_path/"q.tif", pol="VV", domain="amplitude"), np.sqrt(a[3]), rtol=1e-6)
+    assert read_sar(tmp_path/"q.tif").shape == (4, 32, 40)
+    with pytest.raises(SarlangError, match=r"q\.tif: no band 'XX'"): read_sar(tmp_path/"q.tif", pol="XX")
+    write_geotiff(tmp_path/"a.tif", np.sqrt(a[0]), bands=["HH"], domain="amplitude")
+    np.testing.assert_allclose(read_sar(tmp_path/"a.tif"), a[0], rtol=1e-5)
+    # identical bytes for identical input (no timestamps)
+    write_geotiff(tmp_path/"q2.tif", a, bands=POLS)
+    assert (tmp_path/"q.tif").read_bytes() == (tmp_path/"q2.tif").read_bytes()
+
+def test_16bit_and_rgb_as_gray(tmp_path):
+    g = (np.arange(64*64).reshape(64, 64) * 13 % 65536).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path/"g16.png")
+    np.testing.assert_allclose(read_sar(tmp_path/"g16.png", domain="amplitude"), g/65535.0, rtol=1e-6)
+    g8 = (np.arange(64*64).reshape(64, 64) % 256).astype(np.uint8)
+    Image.fromarray(np.stack([g8]*3, -1)).save(tmp_path/"rgb.jpg", quality=100)
+    assert read_sar(tmp_path/"rgb.jpg").shape == (64, 64)
+
+@pytest.mark.parametrize("name,content,msg", [
+    ("empty.png", b"", "empty file"),
+    ("junk.bmp", b"BMnot really", "junk.bmp"),
+    ("junk.tif", b"II*\x00garbage", "junk.tif"),
+])
+def test_bad_files_name_the_file(tmp_path, name, content, msg):
+    (tmp_path/name).write_bytes(content)
+    with pytest.raises(SarlangError, match=msg): read_sar(tmp_path/name)
+
+def test_bad_values_reported_not_clipped(tmp_path):
+    a = np.ones((8, 8), np.float32); a[0, :2] = np.inf
+    write_geotiff(tmp_path/"inf.tif", a)
+    with pytest.raises(SarlangError, match="2 non-finite"): read_sar(tmp_path/"inf.tif")
+    assert np.isinf(read_sar(tmp_path/"inf.tif", check=False)).sum() == 2
+    b = np.ones((8, 8), np.float32); b[3, 3] = -1
+    write_geotiff(tmp_path/"neg.tif", b)
+    with pytest.raises(SarlangError, match="1 negative intensity"): read_sar(tmp_path/"neg.tif")
+    with pytest.raises(SarlangError, match="file not found"): read_sar(tmp_path/"nope.png")
