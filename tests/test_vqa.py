@@ -1,0 +1,161 @@
+"""VQA from detection boxes (05_vqa): answers checked against the boxes by independent code, CLI, bad input."""
+import json, os, re, subprocess, sys, types
+from collections import Counter, defaultdict
+from pathlib import Path
+import pytest
+from sarlang_nb.core import shared_data, SarlangError
+from sarlang_nb import vqa
+
+os.environ["SARLANG_PROGRESS"] = "0"
+CATS = ["ship", "aircraft", "car", "tank", "bridge", "harbor"]
+PL = {"ship": "ships", "aircraft": "aircraft", "car": "cars", "tank": "tanks", "bridge": "bridges", "harbor": "harbors"}
+
+@pytest.fixture(scope="module")
+def real():
+    sd = shared_data()
+    if sd is None or not (sd/"real_sar_det"/"annotations_coco.json").exists():
+        pytest.skip("../shared/data/real_sar_det is not beside the checkout")
+    p = sd/"real_sar_det"/"annotations_coco.json"
+    d = json.loads(p.read_text())
+    name = {c["id"]: c["name"] for c in d["categories"]}
+    stem = {im["id"]: im["file_name"].rsplit(".", 1)[0] for im in d["images"]}
+    size = {stem[im["id"]]: (im["width"], im["height"]) for im in d["images"]}
+    boxes = defaultdict(list)
+    for a in d["annotations"]: boxes[stem[a["image_id"]]].append((name[a["category_id"]], a["bbox"]))
+    return p, boxes, size
+
+def _cat_in(q):
+    "The category a question is about (by its singular or plural word)."
+    words = re.findall(r"[a-z]+", q.lower())
+    hits = [c for c in CATS if c in words or PL[c] in words]
+    assert len(hits) == 1, q
+    return hits[0]
+
+def _pos(cx, cy, W, H):   # the notebook's rule, re-stated
+    u, v = cx/W, cy/H
+    if 1/3 < u < 2/3 and 1/3 < v < 2/3: return "Center"
+    if abs(u - .5) >= abs(v - .5): return "Left" if u < .5 else "Right"
+    return "Top" if v < .5 else "Bottom"
+
+@pytest.mark.parametrize("coords", ["pixel", "norm1000"])
+def test_real_answers_agree_with_boxes(real, coords):
+    p, boxes, size = real
+    recs = list(vqa.vqa_records(p, seed=3, coords=coords))
+    seen = Counter(r["qtype"] for r in recs)
+    assert set(seen) == set(vqa.QTYPES)   # every question type occurs on the real data
+    for r in recs:
+        b, (W, H), q, a = boxes[r["image_id"]], size[r["image_id"]], r["question"], r["answer"]
+        assert r["application"] == vqa.QTYPES[r["qtype"]] and r["source"] == "sardet"
+        n = Counter(c for c, _ in b)
+        if r["qtype"] == "count":
+            assert int(a) == n[_cat_in(q)]                                   # the exact box count
+        elif r["qtype"] in ("presence", "absence"):
+            assert a == ("Yes" if n[_cat_in(q)] > 0 else "No")               # presence
+        elif r["qtype"] == "other_categories":
+            assert a == ("Yes" if len(n) > 1 else "No")
+        elif r["qtype"] == "main_object":
+            assert n[a] == max(n.values())                                   # the majority category
+        elif r["qtype"] == "category_list":
+            assert set(a.split(", ")) == set(n)
+        elif r["qtype"] == "region":
+            k = json.loads(q[q.index("["):q.index("]") + 1])
+            def corners(x, y, w, h):
+                if coords == "pixel": return [round(x), round(y), round(x + w), round(y + h)]
+                return [min(999, int(x*1000/W)), min(999, int(y*1000/H)), min(999, int((x + w)*1000/W)), min(999, int((y + h)*1000/H))]
+            cats = {c for c, bb in b if corners(*bb) == k}
+            assert cats == {a}                                               # the box's category
+            assert all(0 <= v <= (999 if coords == "norm1000" else max(W, H)) for v in k)
+        elif r["qtype"] == "position":
+            c = _cat_in(q)
+            pos = Counter(_pos(x + w/2, y + h/2, W, H) for cc, (x, y, w, h) in b if cc == c).most_common()
+            assert a == pos[0][0] and (len(pos) == 1 or pos[0][1] > pos[1][1])
+        elif r["qtype"] == "presence_region":
+            c = _cat_in(q)
+            reg = next(k for k, w in vqa._REGION_WORDS.items() if f"the {w} of" in q)
+            assert a == ("Yes" if any(_pos(x + w/2, y + h/2, W, H) == reg for cc, (x, y, w, h) in b if cc == c) else "No")
+    # every image with boxes has a counting question per category present
+    assert seen["count"] == sum(len({c for c, _ in b}) for b in boxes.values())
+
+def test_deterministic_and_seeded(real):
+    p = real[0]
+    a, b, c = (list(vqa.vqa_records(p, seed=s)) for s in (0, 0, 1))
+    assert a == b and a != c
+    assert isinstance(vqa.vqa_records(p), types.GeneratorType)   # streamed, not built in memory
+
+def test_prefix_and_types(real):
+    p = real[0]
+    recs = list(vqa.vqa_records(p, prefix=True, qtypes=["count", "position"]))
+    assert {r["qtype"] for r in recs} == {"count", "position"}
+    for r in recs:
+        assert r["question"].startswith(vqa.POSITION_PREFIX if r["qtype"] == "position" else vqa.CLASS_PREFIX)
+    with pytest.raises(SarlangError, match="unknown question types"): list(vqa.vqa_records(p, qtypes=["colour"]))
+
+def _coco(tmp_path, anns, cats=CATS, name="test.json"):
+    p = tmp_path/name
+    p.write_text(json.dumps({"images": [{"id": 1, "file_name": "0000001.png", "width": 300, "height": 300},
+                                        {"id": 2, "file_name": "sub/0000002.bmp", "width": 200, "height": 100}],
+                             "annotations": anns, "categories": [{"id": 10 + i, "name": n} for i, n in enumerate(cats)]}))
+    return p
+
+def test_cli_formats(tmp_path):
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [10, 140, 20, 20]},
+                         {"image_id": 1, "category_id": 10, "bbox": [50, 140, 20, 20]},
+                         {"image_id": 1, "category_id": 13, "bbox": [250, 20, 30, 30]},
+                         {"image_id": 2, "category_id": 11, "bbox": [90, 40, 20, 20]}])
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--image-template", "SARimages/{stem}.png", "--seed", "5"]) == 0
+    recs = [json.loads(l) for l in (tmp_path/"o.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in recs} == {"test"} and {r["image"] for r in recs} == {"SARimages/0000001.png", "SARimages/0000002.png"}
+    by = {(r["image_id"], r["qtype"], _cat_in(r["question"]) if r["qtype"] in ("count", "position") else ""): r["answer"] for r in recs}
+    assert by[("0000001", "count", "ship")] == "2" and by[("0000001", "count", "tank")] == "1"
+    assert by[("0000001", "position", "ship")] == "Left" and by[("0000001", "position", "tank")] == "Right"
+    assert by[("0000002", "position", "aircraft")] == "Center" and by[("0000001", "main_object", "")] == "ship"
+    for fmt in ("sharegpt", "llava"):
+        assert vqa.main([str(p), "--out", str(tmp_path/f"o.{fmt}.json"), "--format", fmt, "--seed", "5"]) == 0
+        data = json.loads((tmp_path/f"o.{fmt}.json").read_text())
+        assert len(data) == len(recs)
+        if fmt == "sharegpt":
+            assert data[0]["messages"][1]["role"] == "assistant" and data[0]["images"] == ["0000001.png"]
+            assert [d["messages"][1]["content"] for d in data] == [r["answer"] for r in recs]
+        else:
+            assert data[0]["conversations"][0]["from"] == "human" and "<image>" in data[0]["conversations"][0]["value"]
+    assert vqa.main([str(p), "--out", str(tmp_path/"n.jsonl"), "--coords", "norm1000", "--split", "none"]) == 0
+    recs = [json.loads(l) for l in (tmp_path/"n.jsonl").read_text().splitlines()]
+    assert "split" not in recs[0]
+    reg = [r["question"] for r in recs if r["qtype"] == "region" and r["image_id"] == "0000002"]
+    assert reg and all("[450, 400, 550, 600]" in q for q in reg)
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent/"sarlang-vqa"
+    if not exe.exists(): pytest.skip("sarlang-vqa is not installed in this environment")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "norm1000" in out.stdout and "sharegpt" in out.stdout
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"image_id": 1, "category_id": 99, "bbox": [0, 0, 1, 1]}, "unknown category_id 99"),
+    ({"image_id": 7, "category_id": 10, "bbox": [0, 0, 1, 1]}, "unknown image_id 7"),
+    ({"image_id": 1, "category_id": 10, "bbox": [0, 0, 1]}, "bbox must be 4 numbers"),
+    ({"image_id": 1, "category_id": 10, "bbox": [0, 0, -1, 3]}, "negative size"),
+    ({"image_id": 1, "bbox": [0, 0, 1, 1]}, "has no 'category_id'"),
+])
+def test_bad_input(tmp_path, capsys, bad, msg):
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}, bad])
+    with pytest.raises(SarlangError, match=re.escape(msg)) as e: vqa.load_coco(p)
+    assert "annotations[1]" in str(e.value) and str(p) in str(e.value)
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl")]) == 2
+    assert msg in capsys.readouterr().err and not (tmp_path/"o.jsonl").exists()
+
+def test_bad_files(tmp_path):
+    with pytest.raises(SarlangError, match="file not found"): vqa.load_coco(tmp_path/"none.json")
+    (tmp_path/"x.json").write_text("{not json")
+    with pytest.raises(SarlangError, match="invalid JSON"): vqa.load_coco(tmp_path/"x.json")
+    (tmp_path/"y.json").write_text("[]")
+    with pytest.raises(SarlangError, match="not a COCO detection file"): vqa.load_coco(tmp_path/"y.json")
+    (tmp_path/"z.jsonl").write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(SarlangError, match="z.jsonl row 2"): list(vqa.read_jsonl(tmp_path/"z.jsonl"))
+
+def test_categories_read_from_file(tmp_path):
+    "Ids are taken from `categories`, names are not assumed to be SARDet's."
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 11, "bbox": [1, 1, 5, 5]}], cats=["vessel", "plane"])
+    recs = list(vqa.vqa_records(p, n_absent=5))
+    assert {r["answer"] for r in recs if r["qtype"] == "main_object"} == {"plane"}
+    assert [r["answer"] for r in recs if r["qtype"] == "absence" and r["image_id"] == "0000001"] == ["No"]
