@@ -1,0 +1,80 @@
+"Tests of the one LLM client (sarlang_nb.llm) against the local test server."
+import os, sys, time, json, subprocess
+from pathlib import Path
+import pytest
+from sarlang_nb.core import SarlangError
+from sarlang_nb.llm import LLMClient, LLMCache, ChatTestServer, last_user_text, user_message
+
+os.environ.setdefault("SARLANG_PROGRESS", "0")
+
+def test_concurrency_bound_and_order(tmp_path):
+    with ChatTestServer(reply=last_user_text, latency=0.02) as srv:
+        cl = LLMClient("m", srv.base_url, concurrency=4, cache=tmp_path/"c.sqlite")
+        res = cl.complete_many([f"q{i}" for i in range(30)])
+        assert [r.text for r in res] == [f"q{i}" for i in range(30)]
+        assert 1 < srv.max_inflight <= 4
+        assert srv.requests == 30 and cl.stats["calls"] == 30
+
+def test_random_faults_all_answered_and_cached(tmp_path):
+    with ChatTestServer(reply=last_user_text, p429=0.2, p500=0.2, pjunk=0.1, seed=1) as srv:
+        cl = LLMClient("m", srv.base_url, concurrency=8, backoff=0.005, max_retries=20, cache=tmp_path/"c.sqlite")
+        res = cl.complete_many([f"q{i}" for i in range(60)])
+        assert all(r.ok for r in res), [r.error for r in res if not r.ok]
+        assert srv.outcomes["429"] and srv.outcomes["500"] and srv.outcomes["junk"]
+        assert cl.stats["retries"] == srv.requests - 60
+        n = srv.requests
+        res2 = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete_many([f"q{i}" for i in range(60)])
+        assert srv.requests == n and all(r.cached for r in res2)
+
+def test_client_errors_not_retried():
+    with ChatTestServer() as srv:
+        r = LLMClient("m", srv.base_url.replace("/v1", "/nope"), backoff=0.005).complete("x")
+        assert not r.ok and "HTTP 404" in r.error and srv.requests == 0   # unrouted paths are not counted
+    for code in ("400", "401"):
+        with ChatTestServer(fault=lambda n, req: code) as srv:
+            r = LLMClient("m", srv.base_url, backoff=0.005).complete("x")
+            assert not r.ok and f"HTTP {code}" in r.error and srv.requests == 1 and r.calls == 1
+
+def test_connection_refused_reported(tmp_path):
+    srv = ChatTestServer().start(); url = srv.base_url; srv.stop()
+    r = LLMClient("m", url, max_retries=1, backoff=0.005).complete("x")
+    assert not r.ok and "connection error" in r.error
+
+def test_image_request_reaches_server(tmp_path):
+    png = tmp_path/"a.png"; png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    with ChatTestServer(reply=lambda req: req["messages"][0]["content"][0]["image_url"]["url"][:31]) as srv:
+        r = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete([user_message("Describe.", [png])])
+        assert r.text == "data:image/png;base64,iVBORw0KG"
+    raw = (tmp_path/"c.sqlite").read_bytes()
+    assert b"iVBORw0KG" not in raw   # the cache stores the image's hash, not the image
+
+def test_no_key_for_openai_is_clear_error_but_cache_needs_none(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False); monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(SarlangError, match="OPENAI_API_KEY"):
+        LLMClient("m", cache=tmp_path/"c.sqlite").complete("x")
+    with ChatTestServer() as srv:
+        LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete("x")
+    r = LLMClient("m", cache=tmp_path/"c.sqlite").complete("x")   # OpenAI, no key: fine, nothing to call
+    assert r.cached and r.text == "ok"
+
+def test_killed_run_resumes_without_repeats(tmp_path):
+    db = tmp_path/"c.sqlite"
+    with ChatTestServer(latency=0.05) as srv:
+        code = ("from sarlang_nb.llm import LLMClient\n"
+                f"LLMClient('m', {srv.base_url!r}, concurrency=2, cache={str(db)!r}, progress=False)"
+                ".complete_many([f'item {i}' for i in range(60)])")
+        p = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            t0 = time.time()
+            while not (db.exists() and len(LLMCache(db)) >= 10):
+                assert time.time() - t0 < 60 and p.poll() is None
+                time.sleep(0.02)
+        finally: p.kill(); p.wait()
+        done = len(LLMCache(db)); assert 10 <= done < 60
+        answered = {last_user_text(r) for r in srv.log}
+        srv.reset()
+        res = LLMClient("m", srv.base_url, concurrency=8, cache=db).complete_many([f"item {i}" for i in range(60)])
+        assert all(r.ok for r in res)
+        assert srv.requests == 60 - done
+        cached = {f"item {i}" for i, r in enumerate(res) if r.cached}
+        assert not cached & {last_user_text(r) for r in srv.log}   # nothing answered before was asked again
