@@ -1,0 +1,296 @@
+"Dataset formats: real COCO counts, malformed rows, path safety, round trips, the sarlang-convert CLI."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+from sarlang_nb.core import SarlangError, shared_data, write_json, RunDir
+from sarlang_nb import formats as F
+
+os.environ["SARLANG_PROGRESS"] = "0"
+
+
+def _vqa(i, split="train", source="sardet", app="instance counting"):
+    img = f"SARimages/{i:07d}.png" if source == "sardet" else f"SARimages/City_{i}.png"
+    return F.vqa_record(img, f"How many ships are in image {i}?", str(i % 5), app, source, split=split, qtype="count")
+
+
+def _cap(i, split="train", style="complex"):
+    return F.caption_record(f"SARimages/City_{i}.png", f"Caption {i}, with a comma and \"quotes\"\nand a newline.", style,
+                            split=split, captioner="offline", prompt_hash="h1")
+
+
+def _key(r): return json.dumps(r, sort_keys=True)
+
+
+# --- the real sample ---------------------------------------------------------------------------------------------
+
+def test_real_coco_counts():
+    sd = shared_data()
+    if sd is None: pytest.skip("../shared/data not found beside the checkout")
+    d = sd/"real_sar_det"
+    coco = F.read_coco(d/"annotations_coco.json", image_root=d/"images")
+    assert len(coco["images"]) == 43
+    assert sum(len(im["boxes"]) for im in coco["images"]) == 217
+    counts = F.coco_counts(coco)
+    assert counts["ship"] == 191 and counts["aircraft"] == 26
+    assert sum(counts.values()) == 217
+    # category ids come from the file's `categories`, not from an assumed order
+    raw = json.loads((d/"annotations_coco.json").read_text())
+    names = {c["id"]: c["name"] for c in raw["categories"]}
+    assert coco["categories"] == names
+    for im in coco["images"]:
+        assert (d/"images"/im["file_name"]).is_file()
+        for b in im["boxes"]: assert b["category"] == names[b["category_id"]]
+    # aircraft keep their fine type
+    assert any("fine_category" in b for im in coco["images"] for b in im["boxes"] if b["category"] == "aircraft")
+
+
+def test_coco_ids_not_assumed(tmp_path):
+    # shuffled, non-contiguous category ids: names must follow the file
+    c = {"images": [{"id": 1, "file_name": "0000001.jpg", "width": 10, "height": 10}],
+         "annotations": [{"id": 5, "image_id": 1, "category_id": 40, "bbox": [0, 0, 2, 2]},
+                         {"id": 6, "image_id": 1, "category_id": 7, "bbox": [1, 1, 2, 2]}],
+         "categories": [{"id": 40, "name": "harbor"}, {"id": 7, "name": "ship"}]}
+    write_json(tmp_path/"train.json", c)
+    coco = F.read_coco(tmp_path/"train.json")
+    assert [b["category"] for b in coco["images"][0]["boxes"]] == ["harbor", "ship"]
+    assert F.coco_counts(coco) == {"harbor": 1, "ship": 1}
+
+
+# --- malformed input names the file and row ----------------------------------------------------------------------
+
+def test_malformed_json_record_names_row(tmp_path):
+    p = tmp_path/"Text"/"VQA"/"train"/"SARVQA1_train.json"
+    F.write_vqa_json(p, [_vqa(i) for i in range(5)])
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace('"role": "assistant"', '"role": "robot"')   # record 3
+    p.write_text("\n".join(lines))
+    with pytest.raises(SarlangError, match=r"SARVQA1_train\.json row 3: turn 1 has unknown role 'robot'"):
+        list(F.iter_vqa(p))
+
+
+def test_malformed_csv_row(tmp_path):
+    p = tmp_path/"Caption_test.csv"
+    p.write_text("image,caption\nSARimages/a.png,fine\nSARimages/b.png,\nSARimages/c.png,ok\n")
+    with pytest.raises(SarlangError, match=r"Caption_test\.csv row 2: missing or empty 'caption'"):
+        F.read_captions(p)
+    p.write_text("image,caption\nSARimages/a.png,fine,extra\n")
+    with pytest.raises(SarlangError, match=r"row 1: expected 2 columns as in the header, found 3"):
+        F.read_captions(p)
+
+
+def test_truncated_and_broken_json(tmp_path):
+    p = tmp_path/"v.json"
+    F.write_vqa_json(p, [_vqa(i) for i in range(3)])
+    p.write_text(p.read_text()[:-40])
+    with pytest.raises(SarlangError, match=r"v\.json row 3"):
+        list(F.iter_vqa(p))
+    p.write_text('{"images": ["a.png"], "question": "q", "answer": "a"}\n{broken\n')
+    with pytest.raises(SarlangError, match=r"v\.json row 2: invalid JSON Lines record"):
+        list(F.iter_vqa(p))
+
+
+def test_bad_application_and_missing_image(tmp_path):
+    p = tmp_path/"v.jsonl"
+    p.write_text(json.dumps({"image": "a.png", "question": "q", "answer": "a", "application": "painting"}) + "\n")
+    with pytest.raises(SarlangError, match="row 1: unknown application 'painting'"):
+        F.read_vqa(p)
+    p.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(SarlangError, match="row 1: record names no image"):
+        F.read_vqa(p)
+
+
+# --- path safety -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image,msg", [("../secret.png", "contains '..'"), ("SARimages/../../x.png", "contains '..'"),
+                                       ("/etc/passwd", "is absolute and not inside the dataset root"),
+                                       ("C:\\Windows\\x.png", "is absolute")])
+def test_path_escape_refused(tmp_path, image, msg):
+    p = tmp_path/"v.jsonl"
+    p.write_text(json.dumps({"image": "ok.png", "question": "q", "answer": "a"}) + "\n" +
+                 json.dumps({"image": image, "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(SarlangError, match=r"v\.jsonl row 2: image path .*" + msg.replace("(", r"\(")):
+        F.read_vqa(p, root=tmp_path)
+
+
+def test_symlink_out_refused(tmp_path):
+    root, out = tmp_path/"root", tmp_path/"elsewhere"
+    (root/"SARimages").mkdir(parents=True); out.mkdir()
+    (out/"x.png").write_bytes(b"png")
+    (root/"SARimages"/"x.png").symlink_to(out/"x.png")
+    (root/"SARimages"/"inside.png").write_bytes(b"png")
+    (root/"SARimages"/"ok_link.png").symlink_to(root/"SARimages"/"inside.png")   # a link inside the root is fine
+    p = root/"Text"/"VQA"/"train"/"SARVQA2_train.jsonl"; p.parent.mkdir(parents=True)
+    p.write_text("".join(json.dumps({"image": f"SARimages/{n}", "question": "q", "answer": "a"}) + "\n"
+                         for n in ("inside.png", "ok_link.png", "x.png")))
+    with pytest.raises(SarlangError, match=r"row 3: image path 'SARimages/x\.png' leads outside the dataset root through a symlink"):
+        F.read_vqa(p)
+    assert len(F.read_vqa(p, allow_symlinks_out=True, check_images=True)) == 3
+    # a symlinked folder
+    (root/"SARimages"/"sub").symlink_to(out)
+    with pytest.raises(SarlangError, match="through a symlink"):
+        F.safe_image_path("SARimages/sub/x.png", root)
+    # COCO file names are checked too
+    write_json(tmp_path/"c.json", {"images": [{"id": 1, "file_name": "x.png"}], "annotations": [], "categories": []})
+    with pytest.raises(SarlangError, match="images entry 0: .*symlink"):
+        F.read_coco(tmp_path/"c.json", image_root=root/"SARimages")
+
+
+def test_missing_image_with_check(tmp_path):
+    p = tmp_path/"Caption_test.csv"
+    F.write_caption_csv(p, [_cap(1, "test")])
+    (tmp_path/"SARimages").mkdir()
+    with pytest.raises(SarlangError, match=r"row 1: image 'SARimages/City_1\.png' not found"):
+        F.read_captions(p, root=tmp_path, check_images=True)
+
+
+# --- round trips -------------------------------------------------------------------------------------------------
+
+def test_release_round_trip_records(tmp_path):
+    vqa = [_vqa(i, sp, src, app) for i, (sp, src, app) in enumerate(
+        [(sp, src, app) for sp in ("train", "test") for src in ("sardet", "paired") for app in F.APPLICATIONS])]
+    caps = [_cap(i, sp, st) for i, (sp, st) in enumerate([(sp, st) for sp in ("train", "test") for st in F.CAPTION_STYLES for _ in range(3)])]
+    counts = F.write_release(tmp_path, caps, vqa)
+    assert counts["Text/caption/Caption-training.csv"] == 6 and counts["Text/caption/Caption_test.csv"] == 3
+    assert counts["Text/VQA/test/SARVQA2_test.json"] == 7
+    back = F.load_release(tmp_path)
+    assert sorted(map(_key, back["vqa"])) == sorted(map(_key, vqa))
+    assert sorted(map(_key, back["captions"])) == sorted(map(_key, caps))
+    # writing again with fewer records leaves no stale records behind
+    F.write_release(tmp_path, caps[:1], vqa[:1])
+    back = F.load_release(tmp_path)
+    assert (len(back["vqa"]), len(back["captions"])) == (1, 1)
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "llava", "records"])
+@pytest.mark.parametrize("prompt,mix", [("paper", False), ("paper", True), ("raw", True)])
+def test_vqa_format_round_trip(tmp_path, fmt, prompt, mix):
+    vqa = [_vqa(i, "test", src, app) for i, (src, app) in enumerate([(s, a) for s in ("sardet", "paired") for a in F.APPLICATIONS])]
+    F.write_vqa_json(tmp_path/"v.json", vqa, fmt, prompt, mix)
+    assert F.read_vqa(tmp_path/"v.json", root=tmp_path) == vqa
+    # without our provenance keys (what another tool may write), the raw question still comes back
+    strip = {"sharegpt": ("messages", "images"), "llava": ("id", "image", "conversations"), "records": tuple(F.VQA_COLUMNS)}[fmt]
+    objs = [{k: o[k] for k in strip if k in o} for o in json.loads((tmp_path/"v.json").read_text())]
+    F.write_json_records(tmp_path/"bare.json", objs)
+    back = F.read_vqa(tmp_path/"bare.json", root=tmp_path)
+    assert [r["question"] for r in back] == [r["question"] for r in vqa]
+    assert [r["answer"] for r in back] == [r["answer"] for r in vqa]
+
+
+def test_sharegpt_is_llamafactory_shaped(tmp_path):
+    F.write_release(tmp_path, [_cap(1)], [_vqa(1)])
+    info = json.loads((tmp_path/"dataset_info.json").read_text())
+    for name, ent in info.items():
+        assert ent["formatting"] == "sharegpt" and ent["columns"] == {"messages": "messages", "images": "images"}
+        recs = json.loads((tmp_path/ent["file_name"]).read_text())
+        for r in recs:
+            roles = [m["role"] for m in r["messages"]]
+            assert roles == ["user", "assistant"] and r["messages"][0]["content"].count("<image>") == len(r["images"]) == 1
+            assert (tmp_path/r["images"][0]).parent.name == "SARimages"
+    v = json.loads((tmp_path/"Text/VQA/train/SARVQA1_train.json").read_text())[0]
+    assert v["messages"][0]["content"] == "<image>" + F.vqa_prompt(v["question"])
+    c = json.loads((tmp_path/"Text/caption/Caption-training.json").read_text())[0]
+    assert c["messages"][0]["content"] == "<image>Describe the content of this image in one sentence."
+
+
+def test_release_without_provenance_columns(tmp_path):
+    "What the real release may hold: a headerless caption CSV, bare sharegpt VQA with bare image names."
+    (tmp_path/"Text/caption").mkdir(parents=True); (tmp_path/"Text/VQA/test").mkdir(parents=True)
+    (tmp_path/"Text/caption/Caption_test1.csv").write_text("France_Nice_3.png,Dense city blocks.\n0000012.jpg,A ship at sea.\n")
+    (tmp_path/"Text/VQA/test/SARVQA1_test.json").write_text(json.dumps([
+        {"messages": [{"role": "user", "content": "<image>Question: How many ships are there?. Answer the question concisely."},
+                      {"role": "assistant", "content": "2"}], "images": ["0000012.jpg"]}]))
+    rel = F.load_release(tmp_path)
+    c = rel["captions"]
+    assert [(r["image"], r["style"], r["split"], r["source"]) for r in c] == [
+        ("SARimages/France_Nice_3.png", "concise", "test", "paired"), ("SARimages/0000012.jpg", "concise", "test", "sardet")]
+    v = rel["vqa"][0]
+    assert (v["question"], v["answer"], v["application"], v["source"], v["split"], v["image_id"]) == (
+        "How many ships are there?", "2", "instance counting", "sardet", "test", "0000012")
+    assert v["application_guessed"] is True
+
+
+def test_synthetic_world_round_trip(tmp_path):
+    syn = pytest.importorskip("sarlang_nb.synthetic", reason="03_synthetic not exported yet")
+    from sarlang_nb.core import open_run
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=6)
+    syn.ensure_world(rd)
+    scenes = syn.load_scenes(rd)
+    assert scenes
+    vqa, caps = [], []
+    for s in scenes:
+        img = f"SARimages/{s['id']}.png"
+        src = s["source"]
+        names = sorted({o["category"] for o in s["objects"]})
+        for n in names:
+            k = sum(o["category"] == n for o in s["objects"])
+            vqa.append(F.vqa_record(img, f"How many {n}s are in the image?", str(k), "instance counting", src, s["id"], s["split"]))
+        top = max(s["landcover"], key=s["landcover"].get) if s.get("landcover") else "land"
+        caps.append(F.caption_record(img, f"A SAR scene of mostly {top} with {len(s['objects'])} objects.", "concise", src, s["id"], s["split"]))
+        caps.append(F.caption_record(img, f"A SAR scene. It is mostly {top}. It holds {', '.join(names) or 'no objects'}.", "complex", src, s["id"], s["split"]))
+    F.write_release(rd.path, caps, vqa)
+    back = F.load_release(rd.path)
+    assert sorted(map(_key, back["vqa"])) == sorted(map(_key, vqa))
+    assert sorted(map(_key, back["captions"])) == sorted(map(_key, caps))
+    # the world's COCO files load, and their boxes match the scenes' objects
+    det = F.read_sardet(rd.detection)
+    n_boxes = sum(len(im["boxes"]) for im in det["images"])
+    assert n_boxes == sum(len(s["objects"]) for s in scenes if s["source"] == "sardet")
+
+
+def test_predictions_round_trip(tmp_path):
+    rows = [{"prompt": "p", "predict": "Yes, a ship, \"large\".", "label": "yes", "image": "SARimages/0000001.png",
+             "application": "object identification", "question": "Is there a ship?"}]
+    F.write_predictions(tmp_path/"generated_predictions.jsonl", rows)
+    assert F.read_predictions(tmp_path/"generated_predictions.jsonl") == rows
+    F.predictions_to_vqa_result(tmp_path/"generated_predictions.jsonl", tmp_path/"VQA_result.csv")
+    import csv
+    with open(tmp_path/"VQA_result.csv", newline="") as f: got = list(csv.reader(f))
+    assert got == [["SARimages/0000001.png", "Yes, a ship, \"large\".", "Is there a ship?", "yes"]]   # as Evaluate_VQA.py reads it
+    assert F.read_vqa_result(tmp_path/"VQA_result.csv")[0]["GT"] == "yes"
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+
+def _cli(*args):
+    exe = Path(sys.executable).parent/"sarlang-convert"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_help():
+    r = _cli("--help")
+    assert r.returncode == 0 and "check" in r.stdout and "predictions" in r.stdout
+    for sub in ("check", "convert", "predictions", "release"):
+        r = _cli(sub, "--help")
+        assert r.returncode == 0 and "usage: sarlang-convert " + sub in r.stdout
+
+
+def test_cli_conversions(tmp_path):
+    F.write_release(tmp_path/"rel", [_cap(1), _cap(2, "test", "concise")], [_vqa(1), _vqa(2, "test", "paired")])
+    r = _cli("check", tmp_path/"rel")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["files"]["Text/VQA/train/SARVQA1_train.json"]["records"] == 1
+    r = _cli("convert", tmp_path/"rel/Text/caption/Caption-training.csv", tmp_path/"caps_llava.json", "--to", "llava")
+    assert r.returncode == 0, r.stderr
+    llava = json.loads((tmp_path/"caps_llava.json").read_text())
+    assert llava[0]["conversations"][1]["value"] == _cap(1)["caption"]
+    assert F.read_captions(tmp_path/"caps_llava.json", root=tmp_path/"rel") == [_cap(1)]
+    r = _cli("convert", tmp_path/"rel/Text/VQA/test/SARVQA2_test.json", tmp_path/"v.csv")
+    assert r.returncode == 0 and F.read_vqa(tmp_path/"v.csv", root=tmp_path/"rel") == [_vqa(2, "test", "paired")]
+    r = _cli("release", tmp_path/"new", "--vqa", tmp_path/"v.csv", "--captions", tmp_path/"caps_llava.json", "--src-root", tmp_path/"rel")
+    assert r.returncode == 0, r.stderr
+    assert F.load_release(tmp_path/"new") == {"captions": [_cap(1)], "vqa": [_vqa(2, "test", "paired")]}
+    # a bad file: exit 1, one line naming file and row
+    (tmp_path/"bad.jsonl").write_text('{"image": "../x.png", "question": "q", "answer": "a"}\n')
+    r = _cli("check", tmp_path/"bad.jsonl", "--kind", "vqa")
+    assert r.returncode == 1 and "bad.jsonl row 1: image path '../x.png' contains '..'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_check_real_coco():
+    sd = shared_data()
+    if sd is None: pytest.skip("../shared/data not found beside the checkout")
+    r = _cli("check", sd/"real_sar_det/annotations_coco.json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["kind"] == "coco" and out["images"] == 43 and out["boxes"]["ship"] == 191 and out["boxes"]["aircraft"] == 26
