@@ -212,10 +212,10 @@ def test_release_without_provenance_columns(tmp_path):
 def test_synthetic_world_round_trip(tmp_path):
     syn = pytest.importorskip("sarlang_nb.synthetic", reason="03_synthetic not exported yet")
     from sarlang_nb.core import open_run
-    rd = open_run(tmp_path/"run", "smoke", n_scenes=6)
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=18, paired_fraction=0.5, test_fraction=0.5)
     syn.ensure_world(rd)
     scenes = syn.load_scenes(rd)
-    assert scenes
+    assert {s["source"] for s in scenes} == {"sardet", "paired"} and {s["split"] for s in scenes} == {"train", "test"}
     vqa, caps = [], []
     for s in scenes:
         img = f"SARimages/{s['id']}.png"
@@ -235,6 +235,12 @@ def test_synthetic_world_round_trip(tmp_path):
     det = F.read_sardet(rd.detection)
     n_boxes = sum(len(im["boxes"]) for im in det["images"])
     assert n_boxes == sum(len(s["objects"]) for s in scenes if s["source"] == "sardet")
+    assert all((rd.detection/im["image_path"]).is_file() for im in det["images"])
+    by_id = {s["id"]: s for s in scenes}
+    for im in det["images"]:
+        s = by_id[Path(im["file_name"]).stem]
+        assert im["split"] == s["split"]
+        assert sorted((b["category"], b["bbox"]) for b in im["boxes"]) == sorted((o["category"], [float(v) for v in o["bbox"]]) for o in s["objects"])
 
 
 def test_predictions_round_trip(tmp_path):
@@ -294,3 +300,14 @@ def test_cli_check_real_coco():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["kind"] == "coco" and out["images"] == 43 and out["boxes"]["ship"] == 191 and out["boxes"]["aircraft"] == 26
+
+
+def test_foreign_absolute_paths_rebase(tmp_path):
+    p = tmp_path/"Text"/"VQA"/"train"/"SARVQA2_train.jsonl"; p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"images": ["/home/author/SARLANG_1M/SARimages/City_1.png"], "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(SarlangError, match="row 1: .*is absolute and not inside the dataset root.*rebase=True"):
+        F.read_vqa(p)
+    assert F.read_vqa(p, rebase=True)[0]["image"] == "SARimages/City_1.png"
+    r = _cli("check", tmp_path, "--rebase")
+    assert r.returncode == 0 and json.loads(r.stdout)["files"]["Text/VQA/train/SARVQA2_train.jsonl"]["records"] == 1
+    assert _cli("check", tmp_path).returncode == 1
