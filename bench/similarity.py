@@ -1,0 +1,63 @@
+"""Benchmark of sarlang_nb.similarity: the closed form (O(N d^2)) against the blocked pairwise reference (O(N^2 d)).
+
+Prints figures, never pass/fail.
+
+    python bench/similarity.py                    # N=20,000 d=512 both ways; then the full SARLANG-1M scale
+    python bench/similarity.py --fraction 0.25    # time a quarter of the full-scale batches and extrapolate
+    python bench/similarity.py --skip-full        # only the N=20,000 comparison
+"""
+import argparse, os, sys, time, platform
+import numpy as np
+from sarlang_nb.similarity import overall_similarity, pairwise_similarity, SimilarityAccumulator
+
+
+def compare(n, d, block, seed=0):
+    rng = np.random.default_rng(seed)
+    # non-negative, correlated features like VGG fc7 (ReLU outputs share a common direction)
+    x = np.abs(rng.standard_normal((n, d), dtype=np.float32) + 0.5 * rng.standard_normal(d, dtype=np.float32))
+    t = time.perf_counter(); fast = overall_similarity(x); t_fast = time.perf_counter() - t
+    t = time.perf_counter(); ref = pairwise_similarity(x, block=block); t_ref = time.perf_counter() - t
+    print(f"N={n:,} d={d} float32")
+    print(f"  closed form       {t_fast:8.3f} s   mean {fast[0]:.9f}  variance {fast[1]:.9e}")
+    print(f"  blocked pairwise  {t_ref:8.3f} s   mean {ref[0]:.9f}  variance {ref[1]:.9e}   (block {block})")
+    print(f"  speed-up x{t_ref / t_fast:.1f};  |diff| mean {abs(fast[0]-ref[0]):.1e}, variance {abs(fast[1]-ref[1]):.1e}")
+    return t_ref / t_fast
+
+
+def full_scale(n, d, batch, fraction, seed=0):
+    rng = np.random.default_rng(seed)
+    nb = -(-n // batch)
+    todo = max(1, round(nb * fraction))
+    acc, t_upd, rows = SimilarityAccumulator(d), 0.0, 0
+    base = rng.standard_normal(d, dtype=np.float32)
+    for i in range(todo):
+        m = min(batch, n - i * batch)
+        b = np.abs(rng.standard_normal((m, d), dtype=np.float32) + 0.5 * base)   # generation is not timed
+        t = time.perf_counter(); acc.update(b); t_upd += time.perf_counter() - t
+        rows += m
+    t = time.perf_counter(); mean, var = acc.result(); t_res = time.perf_counter() - t
+    est = t_upd * n / rows + t_res
+    what = "measured" if rows == n else f"extrapolated linearly from {rows:,} of {n:,} rows ({todo}/{nb} batches)"
+    print(f"N={n:,} d={d:,} float32 (SARLANG-1M scale), batches of {batch:,}: float32 batch Gram into a float64 accumulator")
+    print(f"  closed form {est:8.1f} s  ({what}; result() {t_res:.2f} s)  -> {est/60:.2f} min; mean {mean:.6f} var {var:.3e}")
+    return est
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20_000); ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--block", type=int, default=2048, help="block size of the pairwise reference")
+    ap.add_argument("--full-n", type=int, default=118_331); ap.add_argument("--full-d", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8192, help="rows per batch at full scale")
+    ap.add_argument("--fraction", type=float, default=1.0, help="fraction of full-scale batches to time (extrapolate)")
+    ap.add_argument("--skip-full", action="store_true")
+    a = ap.parse_args(argv)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    compare(a.n, a.d, a.block)
+    if not a.skip_full: full_scale(a.full_n, a.full_d, a.batch, a.fraction)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"Overall similarity: closed form vs the pairwise reference (random and real features), VGG16 weights files, the CLI, Table 3."
+import csv, json, os
+from pathlib import Path
+import numpy as np
+import pytest
+from sarlang_nb.core import SarlangError, RunDir
+from sarlang_nb import similarity as S
+
+os.environ["SARLANG_PROGRESS"] = "0"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n,d,batch,ddof", [(1500, 64, 333, 0), (1500, 64, 1500, 1), (257, 900, 50, 0), (2, 5, 1, 0), (3, 5, 2, 1)])
+def test_closed_form_equals_pairwise_float64(n, d, batch, ddof):
+    rng = np.random.default_rng(n + d)
+    x = rng.standard_normal((n, d)) + rng.standard_normal(d)
+    fast = S.overall_similarity((x[i:i+batch] for i in range(0, n, batch)), ddof=ddof)
+    ref = S.pairwise_similarity(x, block=97, ddof=ddof)
+    assert fast == pytest.approx(ref, abs=1e-9)
+
+
+def test_reference_is_the_definition():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((120, 9))
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = np.array([u[i] @ u[j] for i in range(120) for j in range(i)])   # i > j, literally
+    assert S.pairwise_similarity(x, block=7) == pytest.approx((c.mean(), c.var()), abs=1e-13)
+    assert S.pairwise_similarity(x, ddof=1)[1] == pytest.approx(c.var(ddof=1), abs=1e-13)
+
+
+def test_torch_tensor_and_merge():
+    import torch
+    x = np.random.default_rng(2).standard_normal((100, 16))
+    assert S.overall_similarity(torch.from_numpy(x)) == pytest.approx(S.overall_similarity(x), abs=1e-12)
+    a = S.SimilarityAccumulator().update(x[:10]).merge(S.SimilarityAccumulator().update(x[10:]))
+    assert a.result() == pytest.approx(S.overall_similarity(x), abs=1e-12)
+    assert a.pairs == 100 * 99 // 2
+
+
+def test_bad_features():
+    x = np.ones((5, 3)); x[3] = 0
+    with pytest.raises(SarlangError, match="row 3: all-zero"): S.overall_similarity(x)
+    with pytest.raises(SarlangError, match="row 3: all-zero"): S.pairwise_similarity(x)
+    x[3] = np.inf
+    with pytest.raises(SarlangError, match="row 3: non-finite"): S.overall_similarity(x)
+    with pytest.raises(SarlangError, match="at least 3"): S.overall_similarity(np.eye(2), ddof=1)
+    with pytest.raises(SarlangError, match="no features"): S.pairwise_similarity(iter([]))
+
+
+def test_real_sar_features_vgg16_fc7(shared_data):
+    "Closed form vs reference on VGG16 fc7 features of real SAR chips (He-initialised weights: the real code path)."
+    from sarlang_nb.sario import find_images
+    imgs = find_images(shared_data/"real_sar_det"/"images")[:10]
+    ext = S.VGG16Extractor(S.random_vgg16(0), "fc7", batch_size=5)
+    f = np.concatenate(list(ext.batches(imgs))).astype(np.float64)
+    assert f.shape == (10, 4096) and (f >= 0).all()
+    assert S.overall_similarity(f) == pytest.approx(S.pairwise_similarity(f, block=3), abs=1e-9)
+    px = np.concatenate(list(S.PixelStatsExtractor().batches(find_images(shared_data/"real_sar_det"/"images")))).astype(np.float64)
+    assert S.overall_similarity(px) == pytest.approx(S.pairwise_similarity(px, block=8), abs=1e-9)
+
+
+def test_vgg16_weights_file_round_trip(tmp_path):
+    "A torchvision-format state-dict file loads (memory-mapped) into our module and gives the same features."
+    import torch
+    m = S.random_vgg16(3)
+    torch.save(m.state_dict(), tmp_path/"vgg16-test.pth")
+    loaded = S.load_vgg16(tmp_path)                  # a folder holding one vgg16*.pth
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32))
+    with torch.inference_mode():
+        for layer in ("fc7", "fc6", "pool5"): assert torch.equal(m.embed(x, layer), loaded.embed(x, layer))
+    sd = m.state_dict(); sd["classifier.6.weight"] = torch.zeros(10, 4096); sd["classifier.6.bias"] = torch.zeros(10)
+    torch.save(sd, tmp_path/"other.pth")
+    with pytest.raises(SarlangError, match="other.pth: shape mismatch for classifier.6.weight"): S.load_vgg16(tmp_path/"other.pth")
+    del sd, m, loaded
+
+
+def _images(folder, n, rgb=False, seed=0):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = rng.gamma(1.0, 40 + 10 * i, (48, 48, 3) if rgb else (48, 48)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(a).save(folder/f"{i:07d}.png")
+
+
+def test_cli_images_and_texts(cli, tmp_path):
+    _images(tmp_path/"imgs", 6)
+    r = cli("sarlang-similarity", "images", tmp_path/"imgs", "--check")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 6 and out["features"] == S.PIXEL_STATS_LABEL
+    assert out["max_abs_difference"] < 1e-6 and 0 < out["mean"] <= 1
+    (tmp_path/"caps.csv").write_text("image,caption\na.png,a ship at sea\nb.png,two ships at sea\nc.png,a road across farmland\n")
+    r = cli("sarlang-similarity", "--ddof", "1", "texts", tmp_path/"caps.csv")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 3 and out["ddof"] == 1 and out["features"].startswith("Sentence-BERT")
+    r = cli("sarlang-similarity", "images", tmp_path/"nope")
+    assert r.returncode == 1 and "no such file or folder" in r.stderr
+    r = cli("sarlang-similarity", "images", tmp_path/"imgs", "--vgg16-weights", tmp_path/"missing.pth")
+    assert r.returncode == 1 and "--vgg16-weights" in r.stderr
+    (tmp_path/"bad.csv").write_text("image,foo\na,b\n")
+    r = cli("sarlang-similarity", "texts", tmp_path/"bad.csv")
+    assert r.returncode == 1 and "bad.csv: no caption column" in r.stderr
+    assert cli("sarlang-similarity", "--help").returncode == 0
+
+
+def test_table3_for_a_run(cli, tmp_path):
+    rd = RunDir(tmp_path/"run").create()
+    _images(rd.sar_raw, 5)
+    _images(rd.sar_images, 3, seed=1)           # preprocessed images win over raw ones with the same id
+    _images(rd.rgb_images, 4, rgb=True)
+    (rd.captions/"Caption-training.csv").write_text("image,caption,style\nSARimages/0000000.png,a ship in port,complex\n"
+                                                    "SARimages/0000001.png,a ship,concise\n")
+    (rd.captions/"Caption_test.csv").write_text("image,caption\nSARimages/0000002.png,a long bridge over a river\n")
+    (rd.captions/"Caption_test1.csv").write_text("image,caption\nSARimages/0000003.png,a bridge\n")
+    assert [p.parent.name for p in S.run_sar_images(rd)] == ["SARimages"] * 3 + ["raw"] * 2
+    r = cli("sarlang-similarity", "run", rd.path)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(rd.tables/"table3_similarity.csv")))
+    ours = {x["collection"]: x for x in rows if x["source"] == "this run"}
+    assert set(ours) == {"SAR images", "paired RGB images", "captions (all)", "captions (complex)", "captions (concise)"}
+    assert ours["SAR images"]["N"] == "5" and ours["captions (all)"]["N"] == "4" and ours["captions (concise)"]["N"] == "2"
+    assert ours["SAR images"]["features"] == S.PIXEL_STATS_LABEL
+    assert [x["dataset"] for x in rows if x["source"] == "paper Table 3"] == S.PAPER_TABLE3_DATASETS
+    assert all(x["mean"] == S.NOT_TRANSCRIBED for x in rows if x["source"] == "paper Table 3")
+    md = (rd.tables/"table3_similarity.md").read_text()
+    assert "pixel statistics (not VGG16)" in md and "population variance" in md
