@@ -162,6 +162,7 @@ def test_ensure_world_once_then_fast(tmp_path):
 
 def test_ensure_world_errors(tmp_path):
     with pytest.raises(SarlangError, match="no complete synthetic world here"): syn.load_scenes(tmp_path)
+    with pytest.raises(SarlangError, match="has no config.json"): syn.ensure_world(tmp_path/"bare")
     rd = open_run(tmp_path/"paper", "paper")
     with pytest.raises(SarlangError, match="paper profile"): syn.ensure_world(rd)
 
