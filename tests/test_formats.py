@@ -311,3 +311,23 @@ def test_foreign_absolute_paths_rebase(tmp_path):
     r = _cli("check", tmp_path, "--rebase")
     assert r.returncode == 0 and json.loads(r.stdout)["files"]["Text/VQA/train/SARVQA2_train.jsonl"]["records"] == 1
     assert _cli("check", tmp_path).returncode == 1
+
+
+def test_cli_predictions_matched_to_records(tmp_path):
+    vqa = [_vqa(i, "test") for i in range(4)]
+    F.write_release(tmp_path, [], vqa)
+    src = tmp_path/"Text/VQA/test/SARVQA1_test.json"
+    gp = tmp_path/"predictions/qwen2-vl/lora/generated_predictions.jsonl"
+    F.write_predictions(gp, [{"prompt": F.vqa_prompt(r["question"]), "predict": f"There are {r['answer']}.", "label": r["answer"]} for r in vqa])
+    out = gp.parent/"VQA_result.csv"
+    r = _cli("predictions", gp, out)   # rows lack image/question: a clear error
+    assert r.returncode == 1 and "row 1: a VQA result row needs image" in r.stderr
+    r = _cli("predictions", gp, out, "--records", src)
+    assert r.returncode == 0, r.stderr
+    got = F.read_vqa_result(out)
+    assert [(g["image"], g["question"], g["GT"]) for g in got] == [(v["image"], v["question"], v["answer"]) for v in vqa]
+    # predictions in another order than the records are refused
+    rows = F.read_predictions(gp)
+    F.write_predictions(gp, rows[1:] + rows[:1])
+    r = _cli("predictions", gp, out, "--records", src)
+    assert r.returncode == 1 and "generated_predictions.jsonl row 1: label" in r.stderr
