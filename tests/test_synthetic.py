@@ -33,8 +33,9 @@ def test_same_arguments_same_bytes_anywhere(tmp_path, cli):
     assert r2.returncode == 0, r2.stderr
     syn.build_world(tmp_path/"c"/"d", n_scenes=8, seed=5, size=128, enl=2, quad_pol=True, show_progress=False)
     da = {k: v for k, v in digest(tmp_path/"a").items() if not k.startswith("b/")}
-    assert len(da) > 8*4 and da == digest(tmp_path/"a"/"b") == digest(tmp_path/"c"/"d")
-    for f in ("world/scenes.jsonl", "world/world.json", "detection/Annotations/train.json"):
+    assert len(da) > 8*4 and da == digest(tmp_path/"a"/"b")
+    assert {k: v for k, v in da.items() if k != "config.json"} == digest(tmp_path/"c"/"d")
+    for f in ("world/scenes.jsonl", "world/world.json", "detection/Annotations/train.json", "config.json"):
         assert str(tmp_path) not in (tmp_path/"a"/f).read_text()     # no absolute paths inside files
 
 
@@ -198,7 +199,7 @@ def test_cli_run_and_overwrite(tmp_path, cli):
     r = cli("sarlang-synth", "--out", tmp_path, "--n-scenes", "4", "--size", "128")
     assert r.returncode == 1 and "holds a different synthetic world (n_scenes=7" in r.stderr and "--overwrite" in r.stderr
     r = cli("sarlang-synth", "--out", tmp_path, "--n-scenes", "4", "--size", "128", "--overwrite", "--quiet")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "names another world" in r.stderr, r.stderr     # the config.json of the first run
     assert len(syn.load_scenes(tmp_path)) == 4 and len(list((tmp_path/"SARimages/raw").glob("*.tif"))) == 4
 
 
@@ -222,3 +223,21 @@ def test_cli_bad_arguments(tmp_path, cli, args, rc, msg):
 def test_cli_needs_out(cli):
     r = cli("sarlang-synth", "--n-scenes", "3")
     assert r.returncode == 2 and "--out" in r.stderr
+
+
+def test_cli_output_is_a_run_directory(tmp_path, cli):
+    r = cli("sarlang-synth", "--out", tmp_path, "--n-scenes", "6", "--size", "128", "--enl", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rd = open_run(tmp_path)                          # keeps the config the command wrote
+    assert rd.config["n_scenes"] == 6 and rd.config["enl"] == 3.0
+    mtime = (tmp_path/"world/world.json").stat().st_mtime_ns
+    assert syn.ensure_world(rd)["params"]["size"] == 128 and (tmp_path/"world/world.json").stat().st_mtime_ns == mtime
+
+
+def test_render_scene_regenerates_the_files(world30):
+    scenes = syn.load_scenes(world30)
+    s = next(s for s in scenes if s["source"] == "sardet")
+    inten, rgb, lc, meta = syn.render_scene(world30, s)
+    assert np.array_equal(inten[0], read_sar(world30/s["files"]["sar_raw"]))
+    assert np.array_equal(lc, np.asarray(Image.open(world30/s["files"]["landcover_map"])))
+    assert meta["landcover"] == s["landcover"] and rgb.shape == (256, 256, 3)
