@@ -120,6 +120,12 @@ def test_hf_captioner_from_local_folder(tmp_path):
     r = C.run_captions(js, hf, tmp_path/"c.jsonl", styles=["concise"])
     assert r["written"] == 3 and {x["captioner"] for x in read_jsonl(tmp_path/"c.jsonl")} == {"hf:blip"}
     with pytest.raises(SarlangError, match="config.json"): C.HFCaptioner(tmp_path)
+    # as the stage's captioner: concise captions of the paired scenes' optical images
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=12, scene_size=128, paired_fraction=0.5)
+    C.run_captions_stage(rd, "smoke", captioner=f"hf:{tmp_path/'blip'}")
+    raw = list(read_jsonl(rd.path/"Text"/"records"/"captions_raw.jsonl"))
+    assert raw and {r["style"] for r in raw} == {"concise"} and {r["captioner"] for r in raw} == {"hf:blip"}
+    assert len(raw) == len(C.stage_jobs(rd, "smoke"))
 
 def test_qc_kinds_and_report():
     recs = [
