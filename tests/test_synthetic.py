@@ -241,3 +241,10 @@ def test_render_scene_regenerates_the_files(world30):
     assert np.array_equal(inten[0], read_sar(world30/s["files"]["sar_raw"]))
     assert np.array_equal(lc, np.asarray(Image.open(world30/s["files"]["landcover_map"])))
     assert meta["landcover"] == s["landcover"] and rgb.shape == (256, 256, 3)
+
+
+def test_cli_out_is_a_file(tmp_path, cli):
+    (tmp_path/"f").write_text("x")
+    r = cli("sarlang-synth", "--out", tmp_path/"f", "--n-scenes", "2", "--quiet")
+    assert r.returncode == 1 and "sarlang-synth: error:" in r.stderr and "cannot write the world" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
