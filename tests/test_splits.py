@@ -1,0 +1,122 @@
+"Splits: the smoke run end to end through sarlang-split, stability when images are added, leakage caught, bad input."
+import csv, json, os, shutil
+from pathlib import Path
+import pytest
+from sarlang_nb.core import SarlangError, open_run, RunDir
+from sarlang_nb import splits as SP, formats as F
+
+os.environ["SARLANG_PROGRESS"] = "0"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    "A small smoke run (30 scenes) with its records, split once."
+    rd = open_run(tmp_path_factory.mktemp("split")/"run", "smoke", n_scenes=30)
+    SP.split_run(rd)
+    return rd
+
+
+def _image_splits(rd):
+    return {r["image_id"]: r["split"] for r in csv.DictReader(open(rd.path/"splits"/"image_splits.csv"))}
+
+
+def test_smoke_run_split_rules_and_layout(run):
+    from sarlang_nb.synthetic import load_scenes
+    scenes = {s["id"]: s for s in load_scenes(run)}
+    per = {r["image_id"]: r for r in csv.DictReader(open(run.path/"splits"/"image_splits.csv"))}
+    for k, r in per.items():
+        if scenes[k]["source"] == "sardet": assert (r["rule"], r["split"]) == ("sardet", scenes[k]["split"])   # source split kept
+        else: assert (r["rule"], r["split"]) == ("caption", SP.hash_split(k, run.config["seed"]))        # 7:3 hash split
+        assert len(r["sha256"]) == 64
+    rel = F.load_release(run.path, check_images=False)
+    for kind in ("captions", "vqa"):
+        assert rel[kind] and all(r["split"] == per[SP.image_key(r)]["split"] for r in rel[kind])
+    test1 = F.read_captions(run.path/"Text/caption/Caption_test1.csv")
+    assert test1 and {r["style"] for r in test1} == {"concise"} and {r["split"] for r in test1} == {"test"}
+    assert {r["source"] for r in F.read_vqa(run.path/"Text/VQA/train/SARVQA1_train.json")} == {"sardet"}
+    assert {r["source"] for r in F.read_vqa(run.path/"Text/VQA/test/SARVQA2_test.json")} <= {"paired"}
+    info = json.loads((run.path/"dataset_info.json").read_text())
+    for v in info.values():               # LLaMA-Factory can load every registered file as it is
+        recs = json.loads((run.path/v["file_name"]).read_text())
+        assert v["formatting"] == "sharegpt" and all(set(r) >= {"messages", "images"} for r in recs)
+    rep = json.loads((run.path/"tables/leakage_report.json").read_text())
+    assert rep["ok"] and rep["images_in_both_splits"] == 0 and rep["unhashed_images"] == 0
+    assert run.stage_complete("07_splits")
+    md = (run.path/"tables/table6_splits.md").read_text()
+    assert "| caption images |" in md and "paper train" not in md
+
+
+def test_cli_run_is_idempotent_and_paper_table(run, cli):
+    before = {p: p.read_bytes() for p in (run.path/"Text").rglob("*") if p.is_file() and "records" not in p.parts}
+    r = cli("sarlang-split", "run", run.path, "--profile", "paper")
+    assert r.returncode == 0, r.stderr
+    assert "| caption images |" in r.stdout and "9,341" in r.stdout and SP.NOT_TRANSCRIBED in r.stdout
+    after = {p: p.read_bytes() for p in before}
+    assert after == before                 # same records, same seed: byte-identical release
+
+
+def test_adding_ten_percent_more_images_keeps_old_splits(run, tmp_path):
+    rd = RunDir(tmp_path/"grown"); shutil.copytree(run.path, rd.path)
+    old = _image_splits(rd)
+    recs = rd.path/"Text/records"
+    caps = [json.loads(l) for l in (recs/"captions.jsonl").read_text().splitlines() if l.strip()]
+    extra_ids = [f"{9000000 + i:07d}" for i in range(max(1, len(old) // 10))]
+    more = [dict(caps[i % len(caps)], image=f"SARimages/{k}.png", image_id=k) for i, k in enumerate(extra_ids)]
+    F.write_json_records(recs/"captions.jsonl", caps + more)
+    SP.split_run(rd)
+    new = _image_splits(rd)
+    assert set(new) == set(old) | set(extra_ids)
+    assert {k: new[k] for k in old} == old
+
+
+def test_leakage_by_content_is_caught(run, tmp_path, cli):
+    rd = RunDir(tmp_path/"leaky"); shutil.copytree(run.path, rd.path)
+    per = _image_splits(rd)
+    a = next(k for k, s in per.items() if s == "test")
+    # an image that is a byte copy of a test image, captioned under a new id that hashes to train
+    new = next(f"{8000000 + i:07d}" for i in range(100) if SP.hash_split(f"{8000000 + i:07d}", rd.config["seed"]) == "train")
+    src = SP.find_image_file(rd.path, {"image": f"SARimages/{a}.png"})
+    shutil.copy(src, rd.path/"SARimages"/f"{new}.png")
+    recs = rd.path/"Text/records"
+    caps = [json.loads(l) for l in (recs/"captions.jsonl").read_text().splitlines() if l.strip()]
+    F.write_json_records(recs/"captions.jsonl", caps + [dict(caps[0], image=f"SARimages/{new}.png", image_id=new)])
+    r = cli("sarlang-split", "run", rd.path)
+    assert r.returncode == 1 and "LEAKAGE" in r.stderr and "identical image files" in r.stderr and new in r.stderr
+
+
+def test_check_detects_a_hand_edited_release(run, tmp_path, cli):
+    root = tmp_path/"rel"; shutil.copytree(run.path, root)
+    assert cli("sarlang-split", "check", root).returncode == 0
+    # copy one test question (with its image) into the training file
+    te = json.loads((root/"Text/VQA/test/SARVQA1_test.json").read_text())
+    tr_p = root/"Text/VQA/train/SARVQA1_train.json"
+    tr = json.loads(tr_p.read_text()); tr.append(te[0]); tr_p.write_text(json.dumps(tr))
+    r = cli("sarlang-split", "check", root)
+    assert r.returncode == 1 and "in both train and test" in r.stderr
+
+
+def test_bad_records(tmp_path, cli):
+    caps, vqa = SP.toy_records(10, 4)
+    bad = [dict(r, split=None) if r["source"] == "sardet" else r for r in vqa]
+    F.write_json_records(tmp_path/"v.jsonl", bad)
+    r = cli("sarlang-split", "records", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"out")
+    assert r.returncode == 1 and "keep their source split" in r.stderr
+    (tmp_path/"broken.jsonl").write_text('{"image": "SARimages/0000001.png", "question": "q?", "answer": "a"}\n{oops\n')
+    r = cli("sarlang-split", "records", "--vqa", tmp_path/"broken.jsonl", "--out", tmp_path/"out")
+    assert r.returncode == 1 and "broken.jsonl" in r.stderr
+    r = cli("sarlang-split", "records", "--out", tmp_path/"out")
+    assert r.returncode == 1 and "--captions and/or --vqa" in r.stderr
+    with pytest.raises(SarlangError, match="split 'val'"): SP.check_leakage([dict(caps[0], split="val")], [])
+    assert cli("sarlang-split", "--help").returncode == 0
+
+
+def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
+    caps, vqa = SP.toy_records(20, 6)
+    F.write_json_records(tmp_path/"c.jsonl", caps); F.write_json_records(tmp_path/"v.jsonl", vqa)
+    r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    rel = F.load_release(tmp_path/"rel")
+    assert len(rel["captions"]) == len(caps) and len(rel["vqa"]) == len(vqa)
+    assert {r["split"] for r in rel["captions"] if r["image_id"] == "0000001"} == {SP.hash_split("0000001", 3)}
+    r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--out", tmp_path/"rel2", "--require-images")
+    assert r.returncode == 1 and "image file(s) not found" in r.stderr
