@@ -1,0 +1,227 @@
+"""SAR preprocessing (sarlang_nb.preprocess): refined Lee vs its definition and PolSARpro, log stretch, the batch CLI
+with corrupt inputs, resume after a kill, workers."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sarlang_nb.core import SarlangError, shared_data
+from sarlang_nb.sario import write_geotiff, POLS
+from sarlang_nb.preprocess import (refined_lee, refined_lee_reference, edge_direction, log_stretch, load_intensity,
+                                   preprocess, preprocess_batch, main, tie_explained, RULES, NOISES, OPTIONS_FILE)
+
+os.environ["SARLANG_PROGRESS"] = "0"
+torch.set_num_threads(1)
+ENV = {**os.environ, "SARLANG_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+CLI = [sys.executable, "-c", "import sys; from sarlang_nb.preprocess import main; sys.exit(main())"]
+
+
+# ------------------------------------------------------------------ refined Lee vs the definitions
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("seed,shape,enl", [(1, (23, 29), 1.0), (2, (8, 40), 3.0), (3, (1, 1), 1.0), (4, (2, 3), 1.0),
+                                            (5, (7, 7), 0.5), (6, (31, 9), 10.0)])
+def test_fast_equals_reference(rule, noise, seed, shape, enl):
+    rng = np.random.default_rng(seed)
+    truth = np.where(rng.random(shape) < 0.5, 1.0, rng.choice([0.1, 5.0, 30.0]))    # patchy scene
+    img = truth * rng.gamma(enl, 1 / enl, shape)
+    ref = refined_lee_reference(img, enl, rule, noise)
+    np.testing.assert_allclose(refined_lee(img, enl, rule, noise), ref, rtol=1e-10, atol=1e-12 * ref.max())
+    f32 = refined_lee(img.astype(np.float32), enl, rule, noise)
+    assert f32.dtype == np.float32
+    np.testing.assert_allclose(f32, ref, rtol=2e-5, atol=2e-6 * ref.max())
+
+
+def test_quantised_image_with_ties_equals_reference():
+    "8-bit data and mirrored borders create exact gradient ties: the tie rule must agree with the definition."
+    rng = np.random.default_rng(7)
+    g = rng.integers(0, 256, (20, 20)); g[:, 10:] = 255 - g[:, 10:] // 3
+    img = ((g / 255.0) ** 2).astype(np.float32)
+    for rule in RULES:
+        np.testing.assert_allclose(refined_lee(img, rule=rule), refined_lee_reference(img, rule=rule), rtol=2e-5, atol=1e-7)
+
+
+def test_batches_tiles_torch_and_devices():
+    rng = np.random.default_rng(0)
+    b = rng.gamma(1.0, 1.0, (3, 50, 37)).astype(np.float32)
+    whole = refined_lee(b, rule="sign", noise="local")
+    for i in range(3):
+        np.testing.assert_array_equal(whole[i], refined_lee(b[i], rule="sign", noise="local"))
+    for tile in (1, 7, 32, 10_000):
+        np.testing.assert_array_equal(refined_lee(b, rule="sign", noise="local", tile=tile), whole)   # bit-identical
+    t = refined_lee(torch.from_numpy(b), rule="sign", noise="local")
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), whole)
+    if torch.cuda.is_available():
+        c = refined_lee(torch.from_numpy(b).cuda(), rule="sign", noise="local")
+        assert c.is_cuda
+        np.testing.assert_allclose(c.cpu().numpy(), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_degenerate_inputs_are_finite():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(1.0, 1.0, (16, 16))
+    for img in (np.zeros((10, 10)), np.full((10, 10), 7.0), x * 1e-300, x * 1e300, (x * 1e-40).astype(np.float32),
+                (x * 1e35).astype(np.float32), np.eye(9), np.ones((1, 30)), np.ones((30, 1))):
+        out = refined_lee(img)
+        assert out.shape == img.shape and np.isfinite(out).all()
+    np.testing.assert_array_equal(refined_lee(np.full((10, 10), 7.0)), np.full((10, 10), 7.0))
+    out = refined_lee(x)
+    assert (out[0] != 0).all() and (out[:, -1] != 0).all()      # no zero ring at the border
+    np.testing.assert_allclose(refined_lee(x * 1e-300) * 1e300, out, rtol=1e-9)      # scale-free
+
+
+def test_bad_inputs():
+    x = np.ones((12, 12), np.float32)
+    x[0, 0] = np.nan; x[5, 5:7] = np.inf
+    with pytest.raises(SarlangError, match="3 non-finite pixel value"): refined_lee(x)
+    with pytest.raises(SarlangError, match="2 negative"): refined_lee(np.array([[1.0, -1.0], [-2.0, 1.0]]))
+    with pytest.raises(SarlangError, match="rule must be"): refined_lee(np.ones((4, 4)), rule="dark")
+    with pytest.raises(SarlangError, match="noise must be"): refined_lee(np.ones((4, 4)), noise="global")
+    with pytest.raises(SarlangError, match="enl must be"): refined_lee(np.ones((4, 4)), enl=float("nan"))
+    with pytest.raises(SarlangError, match="shape"): refined_lee(np.ones((2, 2, 2, 2)))
+    with pytest.raises(SarlangError, match="empty"): refined_lee(np.ones((0, 4)))
+
+
+def test_rules_on_step_edge():
+    "sign takes the darker side everywhere; closest the pixel's own side."
+    step = np.where(np.arange(30) < 15, 1.0, 8.0)[None].repeat(20, 0)
+    assert edge_direction(step, "sign")[10, 12:18].tolist() == [4] * 6
+    assert edge_direction(step, "closest")[10, 12:18].tolist() == [4, 4, 4, 0, 0, 0]
+    # and so the bright side next to the edge stays bright with closest, is pulled down with sign
+    assert refined_lee(step, rule="closest")[10, 15] == pytest.approx(8.0)
+    assert refined_lee(step, rule="sign")[10, 15] < 5
+
+
+def test_polsarpro_conformance():
+    sd = shared_data()
+    if sd is None or not (sd/"refined_lee_vectors").exists(): pytest.skip("../shared/data/refined_lee_vectors not found beside the checkout")
+    x = np.load(sd/"refined_lee_vectors"/"input_P0094_512_intensity.npy")
+    y = np.load(sd/"refined_lee_vectors"/"polsarpro_refined_lee_7x7_enl1.npy")
+    ours = refined_lee(x, enl=1.0, rule="sign", noise="enl")
+    rel = np.abs(ours - y)[3:-3, 3:-3] / np.maximum(np.abs(y[3:-3, 3:-3]), 1e-30)
+    off = np.argwhere(rel > 1e-5) + 3
+    assert len(off) <= 1e-3 * rel.size, f"{len(off)} interior pixels off by more than 1e-5"
+    unexplained = [(i, j) for i, j in off if not tie_explained(x, y, i, j)]
+    assert not unexplained, f"pixels off by > 1e-5 that are not exact gradient ties: {unexplained[:10]}"
+    # the same on the GPU, when there is one
+    if torch.cuda.is_available():
+        g = refined_lee(torch.from_numpy(x).cuda(), rule="sign").cpu().numpy()
+        assert (np.abs(g - ours)[3:-3, 3:-3] <= 1e-5 * np.abs(ours[3:-3, 3:-3]) + 1e-12).mean() > 0.999
+
+
+# ------------------------------------------------------------------ log stretch and channel selection
+def test_log_stretch():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(1.0, 1.0, (64, 64))
+    u = log_stretch(x)
+    assert u.dtype == np.uint8 and u.min() == 0 and u.max() == 255
+    assert 0.01 < (u == 255).mean() < 0.03 and 0.01 < (u == 0).mean() < 0.03      # the 2-98 % defaults
+    np.testing.assert_array_equal(log_stretch(np.sqrt(x), "amplitude"), u)
+    np.testing.assert_array_equal(log_stretch(x * 1e-20), u)                          # scale-free
+    assert log_stretch(np.zeros((3, 3))).max() == 0
+    assert set(np.unique(log_stretch(np.full((3, 3), 5.0)))) == {128}
+    with pytest.raises(SarlangError, match="non-finite"): log_stretch(np.array([np.inf, 1.0]))
+    with pytest.raises(SarlangError, match="negative"): log_stretch(np.array([-1.0, 1.0]))
+
+
+def test_channel_selection(tmp_path):
+    rng = np.random.default_rng(1)
+    quad = rng.gamma(1.0, 1.0, (4, 20, 24)).astype(np.float32)
+    write_geotiff(tmp_path/"q.tif", quad, bands=list(POLS))
+    np.testing.assert_array_equal(load_intensity(tmp_path/"q.tif", "HV"), quad[1])
+    np.testing.assert_array_equal(preprocess(tmp_path/"q.tif", "vh"), preprocess(quad[2]))
+    with pytest.raises(SarlangError, match=r"no band 'RR'"): preprocess(tmp_path/"q.tif", "RR")
+    g = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(np.stack([g] * 3, -1)).save(tmp_path/"chip.png")                  # SARDet-style R=G=B
+    np.testing.assert_allclose(load_intensity(tmp_path/"chip.png"), (g / 255.0) ** 2, rtol=1e-6)
+    np.testing.assert_array_equal(preprocess(tmp_path/"chip.png"), preprocess(g))
+    write_geotiff(tmp_path/"one.tif", quad[0], bands=["HH"])
+    np.testing.assert_array_equal(load_intensity(tmp_path/"one.tif", "VV"), quad[0])  # single band: used as it is
+
+
+# ------------------------------------------------------------------ the batch command
+def _folder(root, n_good=6, size=64):
+    rng = np.random.default_rng(3)
+    (root/"sub").mkdir(parents=True)
+    for i in range(n_good):
+        write_geotiff(root/f"g{i:03d}.tif", rng.gamma(1.0, 1.0, (size, size)).astype(np.float32), bands=["VV"])
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root/"sub"/"chip.jpg")
+    (root/"truncated.png").write_bytes((root/"sub"/"chip.jpg").read_bytes()[:0] + b"\x89PNG\r\n\x1a\n\x00\x00")
+    (root/"empty.tif").write_bytes(b"")
+    write_geotiff(root/"nan.tif", np.full((16, 16), np.nan, np.float32), bands=["VV"])
+    bad = rng.gamma(1.0, 1.0, (16, 16)).astype(np.float32); bad[0, :3] = -1
+    write_geotiff(root/"neg.tif", bad, bands=["VV"])
+    jpg = (root/"sub"/"chip.jpg").read_bytes(); (root/"sub"/"half.jpg").write_bytes(jpg[: len(jpg) // 3])
+    return n_good + 1, {"truncated.png", "empty.tif", "nan.tif", "neg.tif", "half.jpg"}
+
+
+def test_mixed_folder_cli(tmp_path):
+    n_good, bad = _folder(tmp_path/"in")
+    out = tmp_path/"out"
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 0
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(pngs) == n_good and "sub/chip.png" in pngs
+    rep = json.loads((out/"preprocess_report.json").read_text())
+    assert rep["written"] == n_good and {Path(f["path"]).name for f in rep["failed"]} == bad
+    assert all(Path(f["path"]).name in f["error"] for f in rep["failed"])          # every error names its file
+    # re-run: nothing redone, files untouched
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 0
+    rep = json.loads((out/"preprocess_report.json").read_text())
+    assert (rep["written"], rep["skipped"]) == (0, n_good)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    # different options into the same folder: refused (exit 2) unless --overwrite
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign"]) == 2
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign", "--overwrite"]) == 0
+    assert json.loads((out/OPTIONS_FILE).read_text())["rule"] == "sign"
+    # exit statuses
+    assert main([str(tmp_path/"in"/"nan.tif"), "--out", str(tmp_path/"o2"), "--quiet"]) == 1     # nothing succeeded
+    assert main([str(tmp_path/"nope"), "--out", str(tmp_path/"o3")]) == 2
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--rule", "darkest"]) == 2
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--percentiles", "90", "10"]) == 2
+    if not torch.cuda.is_available():
+        assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--device", "cuda"]) == 2
+
+
+def test_outputs_inside_source_are_not_inputs(tmp_path):
+    _folder(tmp_path/"in", n_good=2, size=24)
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 0
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 0
+    assert not (tmp_path/"in"/"png"/"png").exists()
+
+
+def test_workers_match_single_process(tmp_path):
+    _folder(tmp_path/"in", n_good=4, size=48)
+    r1 = preprocess_batch([tmp_path/"in"], tmp_path/"o1", workers=1)
+    r2 = preprocess_batch([tmp_path/"in"], tmp_path/"o2", workers=2)
+    assert r1["written"] == r2["written"] == 5 and len(r1["failed"]) == len(r2["failed"]) == 5
+    for p in (tmp_path/"o1").rglob("*.png"):
+        assert p.read_bytes() == (tmp_path/"o2"/p.relative_to(tmp_path/"o1")).read_bytes()
+
+
+def test_kill_and_resume(tmp_path):
+    "SIGKILL the command mid-batch: every PNG left is complete, and the re-run only does the rest."
+    rng = np.random.default_rng(4)
+    src = tmp_path/"in"; src.mkdir()
+    n = 40
+    for i in range(n):
+        write_geotiff(src/f"s{i:03d}.tif", rng.gamma(1.0, 1.0, (192, 192)).astype(np.float32), bands=["VV"])
+    out = tmp_path/"out"; out.mkdir()
+    (out/".s000.png.stale.tmp").write_bytes(b"left by a killed write")
+    proc = subprocess.Popen(CLI + [str(src), "--out", str(out), "--quiet"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 90 and proc.poll() is None and len(list(out.glob("s*.png"))) < 3: time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    done = sorted(out.glob("s*.png"))
+    assert done, "no output was written before the kill"
+    for p in done: Image.open(p).load()                                  # complete PNGs only
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    r = subprocess.run(CLI + [str(src), "--out", str(out), "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out/"preprocess_report.json").read_text())
+    assert rep["skipped"] == len(done) and rep["written"] == n - len(done) and not rep["failed"]
+    assert mtimes == {p: p.stat().st_mtime_ns for p in done}              # finished work was not redone
+    assert len(list(out.glob("s*.png"))) == n and not list(out.glob(".*.tmp"))
