@@ -157,6 +157,9 @@ def test_ensure_world_once_then_fast(tmp_path):
     tif = rd.path/"SARimages/raw/0000001.tif"; mtime = tif.stat().st_mtime_ns
     assert syn.ensure_world(rd) == info and tif.stat().st_mtime_ns == mtime    # not rebuilt
     assert len(syn.load_scenes(rd)) == 8 and len(syn.load_scenes(rd.path)) == 8
+    (rd.path/"SARimages/raw/0000002.png").unlink()                              # a file went missing: rebuilt
+    syn.ensure_world(rd)
+    assert (rd.path/"SARimages/raw/0000002.png").is_file() and tif.stat().st_mtime_ns != mtime
     cfg = json.loads(rd.config_file.read_text()); cfg["n_scenes"] = 9; rd.config_file.write_text(json.dumps(cfg))
     with pytest.raises(SarlangError, match="holds a different synthetic world"): syn.ensure_world(rd)
 
