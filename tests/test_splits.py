@@ -120,3 +120,21 @@ def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
     assert {r["split"] for r in rel["captions"] if r["image_id"] == "0000001"} == {SP.hash_split("0000001", 3)}
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--out", tmp_path/"rel2", "--require-images")
     assert r.returncode == 1 and "image file(s) not found" in r.stderr
+
+
+def test_paper_profile_finds_images_under_data_root(tmp_path):
+    "Paper profile: records come from stages 05/06, images from the release folder (data_root)."
+    import numpy as np
+    from PIL import Image
+    data = tmp_path/"release"; (data/"SARimages").mkdir(parents=True)
+    caps, vqa = SP.toy_records(12, 4)
+    for r in caps + vqa:
+        p = data/r["image"]
+        if not p.exists(): Image.fromarray(np.full((4, 4), int(r["image_id"]), np.uint8)).save(p)
+    rd = open_run(tmp_path/"run", "paper", data_root=str(data))
+    F.write_json_records(rd.path/"Text/records/captions.jsonl", caps)
+    F.write_json_records(rd.path/"Text/records/vqa.jsonl", vqa)
+    res = SP.split_run(rd, require_images=True)
+    assert res["report"]["hashed_images"] == 16 and res["report"]["unhashed_images"] == 0
+    md = (rd.path/"tables/table6_splits.md").read_text()
+    assert "paper train" in md and "9,341" in md
