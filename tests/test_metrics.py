@@ -300,3 +300,21 @@ def test_evaluate_run_on_inference_like_rows(tmp_path):
     assert (v["n"], v["accuracy"]) == (2, 0.5)                      # the jsonl rows, not VQA_result.csv as well
     c = read_json(rd.metrics/"captions_qwen2-vl_zero-shot_complex.json")
     assert c["n"] == 2 and c["empty_predictions"] == 1 and c["tokenize"] == "official"
+
+def test_mixed_files_each_reader_takes_its_rows(tmp_path):
+    cap = "<image>Describe the content of this image in one sentence."
+    rows = [dict(prompt=cap, predict="two ships", label="two ships in a harbor", image="a.png", kind="caption", style="complex", question="", application=""),
+            dict(prompt="<image>Question: Is there a ship?. Answer the question concisely.", predict="yes", label="Yes", image="a.png",
+                 kind="vqa", style="", question="Is there a ship?", application="object identification")]
+    (tmp_path/"generated_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(M.captions_main, [tmp_path/"generated_predictions.jsonl"])
+    assert code == 0 and (json.loads(out)["n"], json.loads(out)["skipped_rows"]) == (1, 1), err
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"generated_predictions.jsonl", "--judge", "rules"])
+    assert code == 0 and (json.loads(out)["n"], json.loads(out)["accuracy"], json.loads(out)["skipped_rows"]) == (1, 1.0, 1), err
+    write_vqa_csv(tmp_path/"VQA_result.csv", [("a.png", "two ships", "Describe the content of this image in one sentence.", "two ships in a harbor"),
+                                              ("a.png", "yes", "Is there a ship?", "Yes")])
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--judge", "rules"])
+    assert code == 0 and (json.loads(out)["n"], json.loads(out)["skipped_rows"]) == (1, 1), err
+    (tmp_path/"vqa_only.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    code, out, err = run_cli(M.captions_main, [tmp_path/"vqa_only.jsonl"])
+    assert code == 1 and "no caption rows in the file (1 VQA rows skipped)" in err
