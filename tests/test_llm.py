@@ -78,3 +78,14 @@ def test_killed_run_resumes_without_repeats(tmp_path):
         assert srv.requests == 60 - done
         cached = {f"item {i}" for i, r in enumerate(res) if r.cached}
         assert not cached & {last_user_text(r) for r in srv.log}   # nothing answered before was asked again
+
+def test_sync_wrapper_inside_a_running_loop(tmp_path):
+    "Jupyter (papermill, ipykernel) runs cells inside an event loop: complete_many must still work there."
+    import asyncio
+    with ChatTestServer(reply=last_user_text) as srv:
+        cl = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite")
+        async def cell(): return cl.complete_many(["a", "b"])
+        assert [r.text for r in asyncio.run(cell())] == ["a", "b"]
+        async def cell_async(): return await cl.acomplete_many(["a", "c"])
+        res = asyncio.run(cell_async())
+        assert [r.text for r in res] == ["a", "c"] and res[0].cached and not res[1].cached
