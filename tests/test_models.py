@@ -1,0 +1,129 @@
+"Models, LoRA fine-tuning and inference (09_models, 10_finetune, 11_inference): tiny models, few steps."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest, torch
+
+os.environ["SARLANG_PROGRESS"] = "0"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+from sarlang_nb.core import SarlangError, open_run
+from sarlang_nb.models import load_vlm, MODELS, CAPTION_PROMPT
+from sarlang_nb.finetune import toy_dataset, finetune, load_examples, load_finetuned, main as ft_main, finetune_run
+from sarlang_nb.inference import predict, main as infer_main, infer_run, score_run, PRED_FILE, RESULT_FILE
+from sarlang_nb import formats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    return d, toy_dataset(d, 12)
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl", "llava-1.5", "blip"])
+def test_adapter_trains_and_generates(name, toy, tmp_path):
+    "Each tiny adapter: a few LoRA steps lower the loss on the answers; only LoRA/embedding weights change; adapter reloads."
+    d, files = toy
+    info = finetune(name, [files["vqa_train"], files["caption_train"]], tmp_path/"out", recipe="smoke", max_steps=6,
+                    batch_size=4, logging_steps=1, save_steps=100)
+    m = info["train_metrics"]
+    assert m["steps"] == 6 and m["last_logged_loss"] < m["first_logged_loss"]
+    assert info["lora_targets"] and all("vision" not in t and "visual" not in t for t in info["lora_targets"])
+    ad = load_finetuned(tmp_path/"out")
+    ex = load_examples(files["vqa_test"])[:3]
+    preds = ad.generate([ad.encode(e["image"], e["prompt"]) for e in ex], 5)
+    assert len(preds) == 3 and all(isinstance(p, str) for p in preds)
+    card = (tmp_path/"out"/"README.md").read_text()
+    assert "base_model:" in card and "LoRA targets" in card and "Hyper-parameters" in card
+
+
+def test_paper_recipe_defaults():
+    from sarlang_nb.finetune import RECIPES
+    r = RECIPES["paper"]
+    assert (r["epochs"], r["batch_size"], r["grad_accum"], r["lr"], r["warmup_ratio"], r["scheduler"], r["lora_r"]) == \
+           (3.0, 1, 8, 1e-4, 0.1, "cosine", 8)
+    assert r["image_max_pixels"] == 262144 and r["train_embeddings"] is False
+
+
+def test_collator_masks_all_but_answer(toy):
+    d, files = toy
+    ad = load_vlm("qwen2-vl")
+    e = ad.encode(load_examples(files["vqa_train"])[0]["image"], "Question: How many ships are there in the image. Answer the question concisely.", "3")
+    b = ad.collate([e, ad.encode(e and load_examples(files["caption_train"])[0]["image"], CAPTION_PROMPT, "There are 3 ships on the dark sea surface.")])
+    kept = [ad.tokenizer.decode([i for i, l in zip(b["input_ids"][k], b["labels"][k]) if l != -100]) for k in range(2)]
+    assert kept == ["3<|im_end|>", "There are 3 ships on the dark sea surface.<|im_end|>"]
+    assert (b["labels"][b["attention_mask"] == 0] == -100).all()
+
+
+def test_missing_weights_is_clear():
+    with pytest.raises(SarlangError, match="--model-path llava-1.5="): load_vlm("llava-1.5", "/no/such/dir")
+    with pytest.raises(SarlangError, match="unknown model"): load_vlm("gpt-2")
+
+
+def test_cli_finetune_infer_resume(toy, tmp_path, capsys):
+    "sarlang-finetune then sarlang-infer: adapter, both prediction files; --resume continues; inference resumes."
+    d, files = toy
+    out = tmp_path/"ad"
+    args = ["--model", "qwen2-vl", "--recipe", "smoke", "--data", str(files["vqa_train"]), str(files["caption_train"]),
+            "--out", str(out), "--batch-size", "2", "--save-steps", "2"]
+    assert ft_main(args + ["--max-steps", "2"]) == 0
+    assert (out/"checkpoints"/"checkpoint-2").is_dir()
+    assert ft_main(args + ["--max-steps", "4", "--resume"]) == 0
+    info = json.loads((out/"sarlang_finetune.json").read_text())
+    assert info["train_metrics"]["resumed_from"] == "checkpoint-2" and info["train_metrics"]["steps"] == 4
+    p = tmp_path/"pred"
+    assert infer_main(["--adapter", str(out), "--data", str(files["vqa_test"]), str(files["caption_test_concise"]),
+                       "--out", str(p), "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    rows = formats.read_predictions(p/PRED_FILE)
+    n = len(load_examples([files["vqa_test"], files["caption_test_concise"]]))
+    assert len(rows) == n and {"prompt", "predict", "label", "image", "application", "question"} <= set(rows[0])
+    assert len(formats.read_vqa_result(p/RESULT_FILE)) == n
+    # a kill mid-file: the next run keeps the complete rows and finishes
+    lines = (p/PRED_FILE).read_text().splitlines(keepends=True)
+    (p/PRED_FILE).write_text("".join(lines[:5]) + lines[5][:10])
+    assert infer_main(["--adapter", str(out), "--data", str(files["vqa_test"]), str(files["caption_test_concise"]),
+                       "--out", str(p), "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    st = json.loads((p/"inference_stats.json").read_text())
+    assert st["resumed_rows"] == 5 and formats.read_predictions(p/PRED_FILE) == rows
+
+
+def test_cli_bad_input(tmp_path, toy, capsys):
+    d, files = toy
+    assert ft_main(["--model", "qwen2-vl", "--data", str(tmp_path/"none.json"), "--out", str(tmp_path/"o")]) == 2
+    assert "none.json: data file not found" in capsys.readouterr().err
+    bad = tmp_path/"Text"/"VQA"/"train"/"bad.json"; bad.parent.mkdir(parents=True); bad.write_text('[{"image": "x.png"}]')
+    assert ft_main(["--model", "qwen2-vl", "--data", str(bad), "--out", str(tmp_path/"o")]) == 2
+    assert infer_main(["--data", str(files["vqa_test"]), "--out", str(tmp_path/"o")]) == 2
+    assert infer_main(["--adapter", str(tmp_path), "--data", str(files["vqa_test"]), "--out", str(tmp_path/"o")]) == 2
+    with pytest.raises(SystemExit): ft_main(["--help"])
+    assert "LoRA" in capsys.readouterr().out
+
+
+def test_stage_functions_smoke_claim(tmp_path):
+    "The stage path on a run with (toy) data: fine-tune, predict zero-shot and lora, metrics files, lora beats zero-shot."
+    rd = open_run(tmp_path/"run", "smoke")
+    infos, origin = finetune_run(rd, max_steps=120)
+    stats, _ = infer_run(rd, max_new_tokens=24, max_samples=16, batch_size=16)
+    res = score_run(rd)["qwen2-vl"]
+    for mode in ("zero-shot", "lora"):
+        assert (rd.predictions("qwen2-vl", mode)/PRED_FILE).exists() and (rd.predictions("qwen2-vl", mode)/RESULT_FILE).exists()
+        assert (rd.metrics/f"vqa_qwen2-vl_{mode}.json").exists() and (rd.metrics/f"captions_qwen2-vl_{mode}_concise.json").exists()
+    assert res["lora"]["accuracy"] > res["zero-shot"]["accuracy"], res
+    assert res["lora"]["CIDEr_concise"] > res["zero-shot"]["CIDEr_concise"], res
+
+
+@pytest.mark.timeout(600)
+def test_torchrun_two_processes_cpu(toy, tmp_path):
+    "The same command under torchrun --nproc_per_node 2 on CPU (gloo DDP) for a few steps."
+    d, files = toy
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SARLANG_PROGRESS": "0"}
+    cmd = [str(Path(sys.executable).parent/"torchrun"), "--nproc_per_node", "2", "--master_port", "29561", "-m", "sarlang_nb.finetune",
+           "--model", "qwen2-vl", "--recipe", "smoke", "--data", str(files["vqa_train"]), "--out", str(tmp_path/"ddp"),
+           "--max-steps", "3", "--batch-size", "2", "--logging-steps", "1"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path/"ddp"/"sarlang_finetune.json").read_text())
+    assert info["hyperparameters"]["world_size"] == 2 and info["train_metrics"]["steps"] == 3
+    assert (tmp_path/"ddp"/"adapter_model.safetensors").exists()
