@@ -5,10 +5,20 @@ Prints figures, never pass/fail.
     python bench/similarity.py                    # N=20,000 d=512 both ways; then the full SARLANG-1M scale
     python bench/similarity.py --fraction 0.25    # time a quarter of the full-scale batches and extrapolate
     python bench/similarity.py --skip-full        # only the N=20,000 comparison
+    python bench/similarity.py --threads 1        # BLAS on one thread (steadier when other jobs share the cores)
 """
 import argparse, os, sys, time, platform
-import numpy as np
-from sarlang_nb.similarity import overall_similarity, pairwise_similarity, SimilarityAccumulator
+
+
+np = overall_similarity = pairwise_similarity = SimilarityAccumulator = None
+
+
+def _imports():
+    "Import numpy and the package after the thread settings are in the environment."
+    global np, overall_similarity, pairwise_similarity, SimilarityAccumulator
+    import numpy
+    from sarlang_nb.similarity import overall_similarity as o, pairwise_similarity as p, SimilarityAccumulator as A
+    np, overall_similarity, pairwise_similarity, SimilarityAccumulator = numpy, o, p, A
 
 
 def best(f, repeat):
@@ -59,10 +69,14 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8192, help="rows per batch at full scale")
     ap.add_argument("--fraction", type=float, default=1.0, help="fraction of full-scale batches to time (extrapolate)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per timing of the N=20,000 comparison (the best is shown)")
+    ap.add_argument("--threads", type=int, help="BLAS/OpenMP threads (default: the libraries' own choice)")
     ap.add_argument("--skip-full", action="store_true")
     a = ap.parse_args(argv)
+    if a.threads:
+        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ[k] = str(a.threads)
+    _imports()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}, BLAS threads {a.threads or 'default'}")
     compare(a.n, a.d, a.block, a.repeat)
     if not a.skip_full: full_scale(a.full_n, a.full_d, a.batch, a.fraction)
     return 0
