@@ -127,3 +127,21 @@ def test_torchrun_two_processes_cpu(toy, tmp_path):
     info = json.loads((tmp_path/"ddp"/"sarlang_finetune.json").read_text())
     assert info["hyperparameters"]["world_size"] == 2 and info["train_metrics"]["steps"] == 3
     assert (tmp_path/"ddp"/"adapter_model.safetensors").exists()
+
+
+def test_generic_adapter_from_folder(tmp_path, toy):
+    "The generic image-text-to-text path: a model folder with a processor + chat template trains with LoRA and predicts."
+    from transformers import LlavaProcessor
+    d, files = toy
+    tmpl = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+            "{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
+            "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    a = load_vlm("llava-1.5"); a.save_base(tmp_path/"m")
+    LlavaProcessor(image_processor=a.image_processor, tokenizer=a.tokenizer, chat_template=tmpl, patch_size=14,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(tmp_path/"m")
+    info = finetune("generic", files["vqa_train"], tmp_path/"out", model_path=tmp_path/"m", recipe="smoke", max_steps=3,
+                    batch_size=2, train_embeddings=False, save_steps=100)
+    assert info["train_metrics"]["steps"] == 3 and len(info["lora_targets"]) == 14
+    assert infer_main(["--adapter", str(tmp_path/"out"), "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"),
+                       "--max-new-tokens", "3", "--max-samples", "4"]) == 0
+    assert len(formats.read_predictions(tmp_path/"p"/PRED_FILE)) == 4
