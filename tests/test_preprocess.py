@@ -225,3 +225,16 @@ def test_kill_and_resume(tmp_path):
     assert rep["skipped"] == len(done) and rep["written"] == n - len(done) and not rep["failed"]
     assert mtimes == {p: p.stat().st_mtime_ns for p in done}              # finished work was not redone
     assert len(list(out.glob("s*.png"))) == n and not list(out.glob(".*.tmp"))
+
+
+def test_threaded_tiles_equal_single_thread():
+    "On the CPU the tiles are shared among torch.get_num_threads() threads: same bits, and the setting is restored."
+    x = np.random.default_rng(9).gamma(1.0, 1.0, (300, 260)).astype(np.float32)
+    one = refined_lee(x, tile=64)
+    try:
+        torch.set_num_threads(2)
+        two = refined_lee(x, tile=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    np.testing.assert_array_equal(one, two)
