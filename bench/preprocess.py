@@ -4,7 +4,7 @@
 
 CPU: MPix/s for 512^2, 1024^2 and 4096^2 float32 images (wall clock, best of a few runs, and CPU seconds, since this
 machine is shared), and the speed-up over the per-pixel reference loop. refined_lee uses torch's CPU threads, but
-no more than the cores the load average leaves free, so on a busy machine the figures are single-core ones.
+no more than the cores other runnable tasks leave free, so on a busy machine the figures are single-core ones.
 CUDA (when torch.cuda.is_available()): a batch of 512x512 images and one 4096^2 image, in GPix/s.
 Targets (issue 4): >= 10 MPix/s on the 2-core CPU (1024^2 in <= 0.1 s), >= 100x the per-pixel loop, >= 1 GPix/s CUDA.
 """
