@@ -227,8 +227,8 @@ def test_kill_and_resume(tmp_path):
     assert len(list(out.glob("s*.png"))) == n and not list(out.glob(".*.tmp"))
 
 
-def test_threaded_tiles_equal_single_thread():
-    "On the CPU the tiles are shared among torch.get_num_threads() threads: same bits, and the setting is restored."
+def test_thread_count_gives_same_bits_and_is_restored():
+    "refined_lee picks its CPU thread count (idle cores only) itself: same bits either way, torch's setting restored."
     x = np.random.default_rng(9).gamma(1.0, 1.0, (300, 260)).astype(np.float32)
     one = refined_lee(x, tile=64)
     try:
