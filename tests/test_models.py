@@ -51,7 +51,7 @@ def test_collator_masks_all_but_answer(toy):
     d, files = toy
     ad = load_vlm("qwen2-vl")
     e = ad.encode(load_examples(files["vqa_train"])[0]["image"], "Question: How many ships are there in the image. Answer the question concisely.", "3")
-    b = ad.collate([e, ad.encode(e and load_examples(files["caption_train"])[0]["image"], CAPTION_PROMPT, "There are 3 ships on the dark sea surface.")])
+    b = ad.collate([e, ad.encode(load_examples(files["caption_train"])[0]["image"], CAPTION_PROMPT, "There are 3 ships on the dark sea surface.")])
     kept = [ad.tokenizer.decode([i for i, l in zip(b["input_ids"][k], b["labels"][k]) if l != -100]) for k in range(2)]
     assert kept == ["3<|im_end|>", "There are 3 ships on the dark sea surface.<|im_end|>"]
     assert (b["labels"][b["attention_mask"] == 0] == -100).all()
@@ -118,8 +118,10 @@ def test_stage_functions_smoke_claim(tmp_path):
 def test_torchrun_two_processes_cpu(toy, tmp_path):
     "The same command under torchrun --nproc_per_node 2 on CPU (gloo DDP) for a few steps."
     d, files = toy
+    import socket
+    with socket.socket() as so: so.bind(("127.0.0.1", 0)); port = so.getsockname()[1]   # a free port
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SARLANG_PROGRESS": "0"}
-    cmd = [str(Path(sys.executable).parent/"torchrun"), "--nproc_per_node", "2", "--master_port", "29561", "-m", "sarlang_nb.finetune",
+    cmd = [str(Path(sys.executable).parent/"torchrun"), "--nproc_per_node", "2", "--master_port", str(port), "-m", "sarlang_nb.finetune",
            "--model", "qwen2-vl", "--recipe", "smoke", "--data", str(files["vqa_train"]), "--out", str(tmp_path/"ddp"),
            "--max-steps", "3", "--batch-size", "2", "--logging-steps", "1"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path)
