@@ -147,3 +147,19 @@ def test_generic_adapter_from_folder(tmp_path, toy):
     assert infer_main(["--adapter", str(tmp_path/"out"), "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"),
                        "--max-new-tokens", "3", "--max-samples", "4"]) == 0
     assert len(formats.read_predictions(tmp_path/"p"/PRED_FILE)) == 4
+
+
+def test_real_sar_images_through_adapter():
+    "Real 800 px SAR chips (../shared/data): image_max_pixels is respected and the tiny model generates for each."
+    from sarlang_nb.core import shared_data
+    from sarlang_nb.models import load_image, vqa_prompt
+    sd = shared_data()
+    if sd is None: pytest.skip("../shared/data (real SAR reference images) is absent")
+    ims = sorted((sd/"real_sar_det"/"images").glob("*.jpg"))[:3]
+    assert ims
+    for p in ims:
+        im = load_image(p, 262144)
+        assert im.mode == "RGB" and im.width*im.height <= 262144
+    ad = load_vlm("qwen2-vl", image_max_pixels=262144)     # the processor then resizes to the tiny model's 112 px
+    out = ad.generate([ad.encode(p, vqa_prompt("How many ships are there in this image?")) for p in ims], 4)
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
