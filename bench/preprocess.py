@@ -11,7 +11,7 @@ Targets (issue 4): >= 10 MPix/s on the 2-core CPU (1024^2 in <= 0.1 s), >= 100x 
 import argparse, os, time
 import numpy as np
 import torch
-from sarlang_nb.preprocess import refined_lee, refined_lee_reference, _free_threads
+from sarlang_nb.preprocess import refined_lee, refined_lee_reference
 
 
 def best_of(f, n):
@@ -32,8 +32,7 @@ def main():
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), load average {os.getloadavg()[0]:.2f}: "
-          f"refined_lee uses {_free_threads(torch.get_num_threads())} thread(s) now (no more than the idle cores)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), load average {os.getloadavg()[0]:.2f}")
 
     # the per-pixel reference (the definition, a Python loop)
     ref_img = rng.gamma(1.0, 1.0, (48, 48))
