@@ -63,3 +63,17 @@ def test_bad_values_reported_not_clipped(tmp_path):
     write_geotiff(tmp_path/"neg.tif", b)
     with pytest.raises(SarlangError, match="1 negative intensity"): read_sar(tmp_path/"neg.tif")
     with pytest.raises(SarlangError, match="file not found"): read_sar(tmp_path/"nope.png")
+
+def test_gray_alpha_palette_and_bilevel_png(tmp_path):
+    # a grey PNG with an alpha channel (LA), a palette PNG (P) with a non-identity grey palette and a bilevel PNG
+    # (mode 1) are read as their grey levels: alpha is not averaged in, palette indices are not grey levels
+    g = (np.arange(20*30).reshape(20, 30) % 256).astype(np.uint8)
+    Image.fromarray(np.stack([g, np.full_like(g, 255)], -1), "LA").save(tmp_path/"la.png")
+    np.testing.assert_allclose(read_sar(tmp_path/"la.png", domain="amplitude"), g/255.0, rtol=1e-6)
+    idx = (np.arange(20*30).reshape(20, 30) % 4).astype(np.uint8)
+    levels = np.array([0, 60, 120, 250], np.uint8)
+    p = Image.fromarray(idx, "P"); p.putpalette(np.repeat(levels, 3).tolist()); p.save(tmp_path/"p.png")
+    np.testing.assert_allclose(read_sar(tmp_path/"p.png", domain="amplitude"), levels[idx]/255.0, rtol=1e-6)
+    b = (np.arange(20*30).reshape(20, 30) % 2).astype(bool)
+    Image.fromarray(b).save(tmp_path/"b.png")
+    np.testing.assert_allclose(read_sar(tmp_path/"b.png", domain="amplitude"), b.astype(np.float32), rtol=1e-6)
