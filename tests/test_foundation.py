@@ -96,3 +96,20 @@ def test_wheel_ships_the_stage_notebooks(tmp_path):
     names = zipfile.ZipFile(whl).namelist()
     for nb in stage_notebooks(): assert f"sarlang_nb/nbs/{nb.name}" in names, nb.name
     assert "sarlang_nb/reproduce.py" in names
+
+def test_failed_rerun_is_not_skipped_by_resume(tmp_path):
+    # a stage that completed once, then failed when run again, must run again under --resume: its old manifest
+    # would otherwise still say "complete" while its outputs may be half rewritten
+    from sarlang_nb.reproduce import reproduce, StageFailed
+    nbs = tmp_path/"nbs"; nbs.mkdir()
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('run_dir = None\nprofile = "smoke"\nfail = False'); p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("from sarlang_nb.core import RunDir\nif fail: raise ValueError('second run broke')\n"
+                                             "RunDir(run_dir).write_manifest('00_flaky', [])")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, nbs/"00_flaky.ipynb")
+    run, out = tmp_path/"run", open(os.devnull, "w")
+    assert reproduce(run, nbs=nbs, out=out)["ran"] == ["00_flaky"]
+    with pytest.raises(StageFailed, match="second run broke"): reproduce(run, nbs=nbs, params={"fail": True}, out=out)
+    assert not RunDir(run).stage_complete("00_flaky")
+    assert reproduce(run, nbs=nbs, resume=True, out=out)["ran"] == ["00_flaky"]
