@@ -238,3 +238,28 @@ def test_thread_count_gives_same_bits_and_is_restored():
     finally:
         torch.set_num_threads(1)
     np.testing.assert_array_equal(one, two)
+
+
+def test_interrupted_change_of_options_never_mixes_settings(tmp_path, monkeypatch):
+    "Killed while redoing a folder with new options: the next run may not keep the outputs of the old options."
+    import sarlang_nb.preprocess as pp
+    rng = np.random.default_rng(7)
+    src = tmp_path/"in"; src.mkdir()
+    for i in range(4): write_geotiff(src/f"s{i}.tif", rng.gamma(1.0, 1.0, (24, 24)).astype(np.float32), bands=["VV"])
+    out = tmp_path/"out"
+    assert preprocess_batch([src], out, rule="closest")["written"] == 4
+    real, calls = pp.preprocess_file, []
+    def killed_after_one(s, d, **o):
+        if calls: raise KeyboardInterrupt("killed")
+        calls.append(s); return real(s, d, **o)
+    monkeypatch.setattr(pp, "preprocess_file", killed_after_one)
+    with pytest.raises(KeyboardInterrupt): preprocess_batch([src], out, rule="sign", overwrite=True)
+    monkeypatch.setattr(pp, "preprocess_file", real)
+    # resuming with the new options must not skip the three outputs still made with the old ones
+    with pytest.raises(SarlangError, match="interrupted change of options"): preprocess_batch([src], out, rule="sign")
+    with pytest.raises(SarlangError, match="interrupted change of options"): preprocess_batch([src], out, rule="closest")
+    rep = preprocess_batch([src], out, rule="sign", redo_on_change=True)
+    assert (rep["written"], rep["skipped"]) == (4, 0)
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(out/f"s{i}.png")), preprocess(src/f"s{i}.tif", rule="sign"))
+    assert preprocess_batch([src], out, rule="sign")["skipped"] == 4                # a finished change resumes normally
