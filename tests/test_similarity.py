@@ -132,3 +132,22 @@ def test_table3_for_a_run(cli, tmp_path):
     assert all(x["mean"] == S.NOT_TRANSCRIBED for x in rows if x["source"] == "paper Table 3")
     md = (rd.tables/"table3_similarity.md").read_text()
     assert "pixel statistics (not VGG16)" in md and "population variance" in md
+
+
+def test_read_texts_bad_records_name_their_line(tmp_path):
+    "Bad JSON Lines records are clear errors naming the file and the line (counted from 1, blank lines included)."
+    from sarlang_nb.similarity import read_texts
+    p = tmp_path/"t.jsonl"
+    p.write_text('{"caption": "a ship"}\n\n{"caption": "a port"\n')
+    with pytest.raises(SarlangError, match=r"t\.jsonl row 3: invalid JSON"): read_texts(p)
+    p.write_text('{"caption": "a ship"}\n\n{"note": "x"}\n')
+    with pytest.raises(SarlangError, match=r"t\.jsonl row 3: record has no"): read_texts(p)
+    p.write_text('{"caption": "a ship"}\n7\n')
+    with pytest.raises(SarlangError, match=r"t\.jsonl row 2: .*record"): read_texts(p)
+    p.write_text('{"caption": "a ship"}\n{"caption": null}\n')
+    with pytest.raises(SarlangError, match=r"t\.jsonl row 2: .*string"): read_texts(p)
+    q = tmp_path/"t.json"
+    q.write_text('["a ship", {"text": ["not", "text"]}]')
+    with pytest.raises(SarlangError, match=r"t\.json row 2: .*string"): read_texts(q)
+    p.write_text('{"caption": "a ship"}\n\n"a port"\n')
+    assert read_texts(p) == ["a ship", "a port"]
