@@ -251,3 +251,13 @@ def test_cli_out_is_a_file(tmp_path, cli):
     r = cli("sarlang-synth", "--out", tmp_path/"f", "--n-scenes", "2", "--quiet")
     assert r.returncode == 1 and "sarlang-synth: error:" in r.stderr and "cannot write the world" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_replaced_world_drops_its_preprocessed_images(tmp_path):
+    "A different world replacing the old one must not leave the old world's preprocessed PNGs for 02 to resume from."
+    syn.build_world(tmp_path, n_scenes=3, seed=0, size=128, show_progress=False)
+    pre = tmp_path/"SARimages"/"0000001.png"; pre.write_bytes(b"preprocessed from seed 0")   # what 02_preprocess writes
+    syn.build_world(tmp_path, n_scenes=3, seed=0, size=128, show_progress=False)             # the same world again: kept
+    assert pre.read_bytes() == b"preprocessed from seed 0"
+    syn.build_world(tmp_path, n_scenes=3, seed=1, size=128, overwrite=True, show_progress=False)  # another world
+    assert not pre.exists()
