@@ -163,3 +163,45 @@ def test_real_sar_images_through_adapter():
     ad = load_vlm("qwen2-vl", image_max_pixels=262144)     # the processor then resizes to the tiny model's 112 px
     out = ad.generate([ad.encode(p, vqa_prompt("How many ships are there in this image?")) for p in ims], 4)
     assert len(out) == 3 and all(isinstance(o, str) for o in out)
+
+
+def test_stage_inference_resumes_after_a_kill(tmp_path, monkeypatch):
+    "infer_run killed halfway: the re-run keeps the rows written; a killed run of another request is not taken for this one."
+    import sarlang_nb.inference as inf
+    rd = open_run(tmp_path/"run", "smoke")
+    finetune_run(rd, max_steps=2, max_samples=8)
+    real = inf.predict
+    def killed(ad, ex, out, *a, **k):                 # writes the first 3 rows, then the process "dies"
+        real(ad, ex[:3], out, *a, **k); raise KeyboardInterrupt
+    kw = dict(max_new_tokens=4, max_samples=4, batch_size=2)
+    monkeypatch.setattr(inf, "predict", killed)
+    with pytest.raises(KeyboardInterrupt): infer_run(rd, **kw)
+    monkeypatch.setattr(inf, "predict", real)
+    stats, _ = infer_run(rd, **kw)
+    assert stats[("qwen2-vl", "zero-shot")]["resumed_rows"] == 3
+    clean = formats.read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE)
+    # another request (budget 1) killed halfway, then the first request again: nothing of the killed run is reused
+    monkeypatch.setattr(inf, "predict", killed)
+    with pytest.raises(KeyboardInterrupt): infer_run(rd, **{**kw, "max_new_tokens": 1})
+    monkeypatch.setattr(inf, "predict", real)
+    stats, _ = infer_run(rd, **kw)
+    assert stats[("qwen2-vl", "zero-shot")]["resumed_rows"] == 0
+    assert formats.read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE) == clean
+
+
+def test_stage_finetune_keeps_checkpoints_after_a_kill(tmp_path, monkeypatch):
+    "finetune_run killed after a checkpoint: the re-run continues from it instead of deleting it."
+    import sarlang_nb.finetune as ft
+    rd = open_run(tmp_path/"run", "smoke")
+    seen = []
+    def killed(name, files, dest, *a, **k):
+        (Path(dest)/"checkpoints"/"checkpoint-100").mkdir(parents=True); raise KeyboardInterrupt
+    def record(name, files, dest, *a, **k):
+        seen.append(((Path(dest)/"checkpoints"/"checkpoint-100").is_dir(), k.get("resume"))); raise KeyboardInterrupt
+    monkeypatch.setattr(ft, "finetune", killed)
+    with pytest.raises(KeyboardInterrupt): finetune_run(rd, max_steps=2, max_samples=8)
+    monkeypatch.setattr(ft, "finetune", record)
+    with pytest.raises(KeyboardInterrupt): finetune_run(rd, max_steps=2, max_samples=8)
+    assert seen == [(True, True)]
+    with pytest.raises(KeyboardInterrupt): finetune_run(rd, max_steps=3, max_samples=8)   # another request starts over
+    assert seen[-1] == (False, True)
