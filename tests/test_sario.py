@@ -77,3 +77,18 @@ def test_gray_alpha_palette_and_bilevel_png(tmp_path):
     b = (np.arange(20*30).reshape(20, 30) % 2).astype(bool)
     Image.fromarray(b).save(tmp_path/"b.png")
     np.testing.assert_allclose(read_sar(tmp_path/"b.png", domain="amplitude"), b.astype(np.float32), rtol=1e-6)
+
+def test_rgb_tiff_is_grey_like_rgb_png(tmp_path):
+    # an 8-bit R=G=B TIFF chip is the same display image as the R=G=B PNG/JPG chips: one grey band, not three
+    import tifffile
+    g = (np.arange(40*50).reshape(40, 50) % 256).astype(np.uint8)
+    tifffile.imwrite(tmp_path/"rgb.tif", np.stack([g]*3, -1), photometric="rgb")
+    Image.fromarray(np.stack([g]*3, -1)).save(tmp_path/"rgb.png")
+    r = read_raster(tmp_path/"rgb.tif")
+    assert (r.bands, r.source) == (["band0"], "display8")
+    np.testing.assert_array_equal(read_sar(tmp_path/"rgb.tif"), read_sar(tmp_path/"rgb.png"))
+    c = np.stack([g, g // 2, g // 4], -1)                                  # a colour TIFF: averaged to grey, like a PNG
+    tifffile.imwrite(tmp_path/"c.tif", c, photometric="rgb"); Image.fromarray(c).save(tmp_path/"c.png")
+    np.testing.assert_allclose(read_sar(tmp_path/"c.tif"), read_sar(tmp_path/"c.png"), rtol=1e-6)
+    write_geotiff(tmp_path/"q.tif", np.ones((3, 16, 16), np.float32), bands=["HH", "HV", "VV"])   # float stacks stay bands
+    assert read_raster(tmp_path/"q.tif").bands == ["HH", "HV", "VV"]
