@@ -113,3 +113,40 @@ def test_failed_rerun_is_not_skipped_by_resume(tmp_path):
     with pytest.raises(StageFailed, match="second run broke"): reproduce(run, nbs=nbs, params={"fail": True}, out=out)
     assert not RunDir(run).stage_complete("00_flaky")
     assert reproduce(run, nbs=nbs, resume=True, out=out)["ran"] == ["00_flaky"]
+
+def _runtime_closure():
+    "Distributions installed because sarlang-nb needs them at run time (its extras, e.g. [dev], excluded)."
+    import re
+    from importlib import metadata
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+    seen, todo = set(), ["sarlang-nb"]
+    while todo:
+        name = todo.pop()
+        if norm(name) in seen: continue
+        seen.add(norm(name))
+        try: reqs = metadata.requires(name) or []
+        except metadata.PackageNotFoundError: continue
+        for r in reqs:
+            if "extra ==" in r: continue
+            todo.append(re.match(r"[A-Za-z0-9_.\-]+", r).group(0))
+    return seen, norm
+
+def test_shipped_notebooks_need_only_runtime_dependencies():
+    "A wheel install runs the stage notebooks: everything they import must come with the package's runtime dependencies."
+    import ast, sys
+    from importlib import metadata
+    closure, norm = _runtime_closure()
+    dists = metadata.packages_distributions()
+    missing = {}
+    for nb in ROOT.glob("nbs/*.ipynb"):
+        for c in nbformat.read(nb, as_version=4).cells:
+            if c.cell_type != "code": continue
+            try: tree = ast.parse("\n".join(l for l in c.source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+            except SyntaxError: continue
+            for n in ast.walk(tree):
+                mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module] if isinstance(n, ast.ImportFrom) and n.module and not n.level else []
+                for m in mods:
+                    top = m.split(".")[0]
+                    if top in sys.stdlib_module_names or top == "sarlang_nb": continue
+                    if not any(norm(d) in closure for d in dists.get(top, [])): missing.setdefault(top, nb.name)
+    assert not missing, f"imported by shipped notebooks but not a runtime dependency: {missing}"
