@@ -2,7 +2,7 @@
 import csv, json, os, shutil
 from pathlib import Path
 import pytest
-from sarlang_nb.core import SarlangError, open_run, RunDir
+from sarlang_nb.core import SarlangError, open_run, RunDir, write_json
 from sarlang_nb import splits as SP, formats as F
 
 os.environ["SARLANG_PROGRESS"] = "0"
@@ -138,3 +138,21 @@ def test_paper_profile_finds_images_under_data_root(tmp_path):
     assert res["report"]["hashed_images"] == 16 and res["report"]["unhashed_images"] == 0
     md = (rd.path/"tables/table6_splits.md").read_text()
     assert "paper train" in md and "9,341" in md
+
+
+def test_sardet_val_annotations_become_test_images(tmp_path):
+    """SARDet-100K's Annotations hold train.json, val.json (and test.json): box-derived VQA from all of them splits without error;
+    val images go to test (the paper's counts: 14,497 test VQA images = 4,005 caption test images + 10,492 SARDet val images)."""
+    from sarlang_nb import vqa as V
+    ann = tmp_path/"Annotations"; ann.mkdir()
+    for k, name in enumerate(("train", "val", "test")):
+        write_json(ann/f"{name}.json", {"categories": [{"id": 0, "name": "ship"}],
+            "images": [{"id": 10*k + i, "file_name": f"{10*k + i:07d}.jpg", "width": 64, "height": 64} for i in range(3)],
+            "annotations": [{"id": 10*k + i, "image_id": 10*k + i, "category_id": 0, "bbox": [5, 5, 10, 10]} for i in range(3)]})
+    recs = [r for f in sorted(ann.glob("*.json")) for r in V.vqa_records(f, split=V._auto_split(f, "auto"))]
+    assert {r["split"] for r in recs} == {"train", "val", "test"}
+    _, qa, per = SP.assign_splits([], recs)
+    want = {f"{10*k + i:07d}": sp for k, sp in enumerate(("train", "test", "test")) for i in range(3)}
+    assert {k: v[0] for k, v in per.items()} == want and {v[1] for v in per.values()} == {"sardet"}
+    assert all(r["split"] == want[r["image_id"]] for r in qa)
+    assert SP.check_leakage([], qa)["ok"]
