@@ -82,6 +82,7 @@ def test_bad_inputs():
     with pytest.raises(SarlangError, match="enl must be"): refined_lee(np.ones((4, 4)), enl=float("nan"))
     with pytest.raises(SarlangError, match="shape"): refined_lee(np.ones((2, 2, 2, 2)))
     with pytest.raises(SarlangError, match="empty"): refined_lee(np.ones((0, 4)))
+    with pytest.raises(SarlangError, match="tile must be a positive"): refined_lee(np.ones((9, 9)), tile=-2)   # was uninitialised memory
 
 
 def test_rules_on_step_edge():
