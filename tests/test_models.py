@@ -205,3 +205,20 @@ def test_stage_finetune_keeps_checkpoints_after_a_kill(tmp_path, monkeypatch):
     assert seen == [(True, True)]
     with pytest.raises(KeyboardInterrupt): finetune_run(rd, max_steps=3, max_samples=8)   # another request starts over
     assert seen[-1] == (False, True)
+
+
+def test_cli_infer_refuses_to_resume_other_settings(toy, tmp_path, capsys):
+    "Re-running sarlang-infer into the same OUT with another model or budget does not pass the old rows off as new ones."
+    d, files = toy
+    base = ["--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"), "--max-samples", "2", "--batch-size", "2"]
+    assert infer_main(["--model", "qwen2-vl", "--max-new-tokens", "3"] + base) == 0
+    capsys.readouterr()
+    assert infer_main(["--model", "blip", "--max-new-tokens", "3"] + base) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings" in err and "model" in err and "generated_predictions.jsonl" in err
+    assert infer_main(["--model", "qwen2-vl", "--max-new-tokens", "5"] + base) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
+    assert infer_main(["--model", "qwen2-vl", "--max-new-tokens", "3"] + base) == 0              # the same settings resume
+    assert json.loads((tmp_path/"p"/"inference_stats.json").read_text())["resumed_rows"] == 2
+    assert infer_main(["--model", "blip", "--max-new-tokens", "3", "--no-resume"] + base) == 0   # or start over
+    assert json.loads((tmp_path/"p"/"inference_stats.json").read_text())["model"] == "blip"
