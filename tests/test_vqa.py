@@ -135,6 +135,7 @@ def test_console_script_help():
     ({"image_id": 7, "category_id": 10, "bbox": [0, 0, 1, 1]}, "unknown image_id 7"),
     ({"image_id": 1, "category_id": 10, "bbox": [0, 0, 1]}, "bbox must be 4 numbers"),
     ({"image_id": 1, "category_id": 10, "bbox": [0, 0, -1, 3]}, "negative size"),
+    ({"image_id": 1, "category_id": 10, "bbox": [0, float("nan"), 1, 3]}, "non-finite value"),   # NaN as Python's json writes it
     ({"image_id": 1, "bbox": [0, 0, 1, 1]}, "has no 'category_id'"),
 ])
 def test_bad_input(tmp_path, capsys, bad, msg):
