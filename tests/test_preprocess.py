@@ -264,3 +264,13 @@ def test_interrupted_change_of_options_never_mixes_settings(tmp_path, monkeypatc
     for i in range(4):
         assert np.array_equal(np.asarray(Image.open(out/f"s{i}.png")), preprocess(src/f"s{i}.tif", rule="sign"))
     assert preprocess_batch([src], out, rule="sign")["skipped"] == 4                # a finished change resumes normally
+
+
+def test_same_file_named_twice_is_done_once(tmp_path):
+    "A folder and a file inside it: the file is one input, not a collision with itself."
+    src = tmp_path/"in"; src.mkdir()
+    write_geotiff(src/"a.tif", np.random.default_rng(0).gamma(1.0, 1.0, (16, 16)).astype(np.float32), bands=["VV"])
+    write_geotiff(tmp_path/"a.tif", np.ones((16, 16), np.float32), bands=["VV"])      # another file, same output name
+    rep = preprocess_batch([src, src/"a.tif", tmp_path/"a.tif"], tmp_path/"out")
+    assert rep["written"] == 1 and [f["path"] for f in rep["failed"]] == [str(tmp_path/"a.tif")]
+    assert "collides" in rep["failed"][0]["error"]
