@@ -151,3 +151,13 @@ def test_read_texts_bad_records_name_their_line(tmp_path):
     with pytest.raises(SarlangError, match=r"t\.json row 2: .*string"): read_texts(q)
     p.write_text('{"caption": "a ship"}\n\n"a port"\n')
     assert read_texts(p) == ["a ship", "a port"]
+
+
+def test_no_features_is_a_clear_error(tmp_path, capsys):
+    "No vectors at all (an empty text file, an empty batch stream) is the same clear error as one vector."
+    for x in (np.ones((0, 3)), iter([]), [np.ones((0, 3))]):
+        with pytest.raises(SarlangError, match="need at least 2 feature vectors, got 0"): S.overall_similarity(x)
+    with pytest.raises(SarlangError, match="no features"): S.pairwise_similarity(np.ones((0, 3)))
+    (tmp_path/"empty.txt").write_text("\n")
+    assert S.main(["texts", str(tmp_path/"empty.txt")]) == 1
+    assert "got 0" in capsys.readouterr().err
