@@ -204,3 +204,16 @@ def test_bad_inputs(tmp_path):
     assert C._load_log(tmp_path/"u.jsonl") == [{"a": 1}, {"b": 2}] and (tmp_path/"u.jsonl").read_text().endswith("}\n")
     with pytest.raises(SarlangError, match="image file not found"):
         C.OpenAICaptioner(base_url="http://127.0.0.1:9/v1")._request(C.CaptionJob("1", "S/1.png", str(tmp_path/"no.png")), "concise")
+
+
+def test_qc_duplicates_made_by_qc_are_dropped():
+    "Two captions of one image and style that differ only in what QC removes are one caption after QC, kept once."
+    recs = [{"image_id": "1", "style": "concise", "caption": "Three ships on blue water near a harbor."},
+            {"image_id": "1", "style": "concise", "caption": "Three ships on green water near a harbor."},
+            {"image_id": "1", "style": "complex", "caption": "Three ships on water near a harbor, seen from above."},
+            {"image_id": "2", "style": "concise", "caption": "Three ships on grey water near a harbor."}]
+    kept, rep = C.quality_control(recs)
+    assert [(r["image_id"], r["style"], r["caption"]) for r in kept] == [
+        ("1", "concise", "Three ships on water near a harbor."), ("1", "complex", "Three ships on water near a harbor, seen from above."),
+        ("2", "concise", "Three ships on water near a harbor.")]
+    assert rep.kinds["duplicate"] == 1 and rep.actions["dropped"] == 1
