@@ -154,6 +154,12 @@ def test_bad_files(tmp_path):
     (tmp_path/"z.jsonl").write_text('{"a": 1}\n{oops\n')
     with pytest.raises(SarlangError, match="z.jsonl row 2"): list(vqa.read_jsonl(tmp_path/"z.jsonl"))
 
+def test_negative_counts_are_clear_errors(tmp_path, capsys):
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}])
+    for flag in ("--n-absent", "--n-regions"):
+        assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), flag, "-1"]) == 2
+        assert "must be >= 0" in capsys.readouterr().err and not (tmp_path/"o.jsonl").exists()
+
 def test_categories_read_from_file(tmp_path):
     "Ids are taken from `categories`, names are not assumed to be SARDet's."
     p = _coco(tmp_path, [{"image_id": 1, "category_id": 11, "bbox": [1, 1, 5, 5]}], cats=["vessel", "plane"])
