@@ -222,3 +222,24 @@ def test_cli_infer_refuses_to_resume_other_settings(toy, tmp_path, capsys):
     assert json.loads((tmp_path/"p"/"inference_stats.json").read_text())["resumed_rows"] == 2
     assert infer_main(["--model", "blip", "--max-new-tokens", "3", "--no-resume"] + base) == 0   # or start over
     assert json.loads((tmp_path/"p"/"inference_stats.json").read_text())["model"] == "blip"
+
+
+def test_cli_infer_unreadable_image_fails_alone(toy, tmp_path, capsys):
+    "One unreadable image: its rows are reported (empty predict + error, exit 3), every other example is still predicted."
+    d, files = toy
+    ex = load_examples(files["vqa_test"], max_samples=6)
+    gone = ex[-1]["image"]
+    bad = [e["image"] == gone for e in ex]
+    assert 0 < sum(bad) < len(ex)
+    Path(gone).rename(tmp_path/"moved.png")
+    try:
+        code = infer_main(["--model", "qwen2-vl", "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"),
+                           "--max-samples", "6", "--batch-size", "4", "--max-new-tokens", "3"])
+    finally: (tmp_path/"moved.png").rename(gone)
+    assert code == 3 and f"{sum(bad)} example(s) failed" in capsys.readouterr().err
+    rows = formats.read_predictions(tmp_path/"p"/PRED_FILE)
+    assert len(rows) == len(ex) and [bool(r.get("error")) for r in rows] == bad
+    assert all(r["predict"] == "" and "image not found" in r["error"] for r, b in zip(rows, bad) if b)
+    st = json.loads((tmp_path/"p"/"inference_stats.json").read_text())
+    assert st["failed"] == sum(bad) and st["first_failures"][0][0] == bad.index(True) + 1
+    assert len(formats.read_vqa_result(tmp_path/"p"/RESULT_FILE)) == len(ex)
