@@ -255,6 +255,14 @@ def test_predictions_round_trip(tmp_path):
     assert F.read_vqa_result(tmp_path/"VQA_result.csv")[0]["GT"] == "yes"
 
 
+def test_vqa_result_blank_values_are_refused_by_row(tmp_path):
+    p = tmp_path/"VQA_result.csv"
+    p.write_text("a.png, yes ,Is there a ship?, yes\nb.png,no,Is there a ship?,   \n")
+    with pytest.raises(SarlangError, match=r"row 2.*empty 'GT'|empty 'GT'.*row 2"): F.read_vqa_result(p)
+    p.write_text("a.png, yes ,Is there a ship?, yes\n")
+    assert F.read_vqa_result(p)[0]["GT"] == " yes"                       # kept as written, as the official script reads it
+
+
 # --- CLI -----------------------------------------------------------------------------------------------------------
 
 def _cli(*args):

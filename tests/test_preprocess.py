@@ -1,6 +1,6 @@
 """SAR preprocessing (sarlang_nb.preprocess): refined Lee vs its definition and PolSARpro, log stretch, the batch CLI
 with corrupt inputs, resume after a kill, workers."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, threading, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from PIL import Image
 from sarlang_nb.core import SarlangError, shared_data
 from sarlang_nb.sario import write_geotiff, POLS
 from sarlang_nb.preprocess import (refined_lee, refined_lee_reference, edge_direction, log_stretch, load_intensity,
-                                   preprocess, preprocess_batch, main, tie_explained, RULES, NOISES, OPTIONS_FILE)
+                                   preprocess, preprocess_batch, run_pool, main, tie_explained, RULES, NOISES,
+                                   OPTIONS_FILE)
 
 os.environ["SARLANG_PROGRESS"] = "0"
 torch.set_num_threads(1)
@@ -274,3 +275,41 @@ def test_same_file_named_twice_is_done_once(tmp_path):
     rep = preprocess_batch([src, src/"a.tif", tmp_path/"a.tif"], tmp_path/"out")
     assert rep["written"] == 1 and [f["path"] for f in rep["failed"]] == [str(tmp_path/"a.tif")]
     assert "collides" in rep["failed"][0]["error"]
+
+
+def _die_on_5(job):
+    "A job function for `run_pool`: job 5 kills its own worker process, as the OOM killer would."
+    if job == 5: os.kill(os.getpid(), signal.SIGKILL)
+    return job * 10
+
+
+def test_run_pool_reports_only_the_job_that_kills_its_worker():
+    results = []
+    deaths = run_pool(_die_on_5, range(12), 2, results.append, died=lambda j: ("died", j))
+    assert sorted(r for r in results if not isinstance(r, tuple)) == [j * 10 for j in range(12) if j != 5]
+    assert [r for r in results if isinstance(r, tuple)] == [("died", 5)]      # every job reported exactly once
+    assert len(results) == 12 and deaths >= 2                                  # the pool broke, then job 5 alone broke it
+
+
+def test_batch_survives_a_killed_worker(tmp_path):
+    "A worker SIGKILLed mid-batch (here from outside, once) costs nothing: every file is written, the death is reported."
+    psutil = pytest.importorskip("psutil")
+    rng = np.random.default_rng(5)
+    src = tmp_path/"in"; src.mkdir()
+    for i in range(16): write_geotiff(src/f"s{i:02d}.tif", rng.gamma(1.0, 1.0, (768, 768)).astype(np.float32), bands=["VV"])
+    out, rep = tmp_path/"out", {}
+    th = threading.Thread(target=lambda: rep.update(preprocess_batch([src], out, workers=2, show_progress=False)))
+    th.start()
+    me, killed, t0 = psutil.Process(), None, time.time()
+    while killed is None and th.is_alive() and time.time() - t0 < 120:
+        for p in me.children(recursive=True):                         # pool workers are children of the forkserver
+            try:
+                if p.ppid() != me.pid and "forkserver" in " ".join(p.cmdline()) and len(list(out.glob("*.png"))) >= 1:
+                    p.kill(); killed = p.pid; break
+            except psutil.Error: pass
+        time.sleep(0.02)
+    th.join(300)
+    assert killed is not None, "the batch ended before a worker could be killed"
+    assert rep["failed"] == [] and rep["written"] == 16 and rep["worker_deaths"] >= 1
+    assert sorted(p.name for p in out.glob("*.png")) == [f"s{i:02d}.png" for i in range(16)]
+    assert json.loads((out/"preprocess_report.json").read_text())["worker_deaths"] == rep["worker_deaths"]
