@@ -128,10 +128,24 @@ def test_table3_for_a_run(cli, tmp_path):
     assert set(ours) == {"SAR images", "paired RGB images", "captions (all)", "captions (complex)", "captions (concise)"}
     assert ours["SAR images"]["N"] == "5" and ours["captions (all)"]["N"] == "4" and ours["captions (concise)"]["N"] == "2"
     assert ours["SAR images"]["features"] == S.PIXEL_STATS_LABEL
-    assert [x["dataset"] for x in rows if x["source"] == "paper Table 3"] == S.PAPER_TABLE3_DATASETS
-    assert all(x["mean"] == S.NOT_TRANSCRIBED for x in rows if x["source"] == "paper Table 3")
+    paper = [x for x in rows if x["source"] == "paper Table 3"]
+    assert [(x["dataset"], x["modality"]) for x in paper] == [(d, m) for d in S.PAPER_TABLE3_DATASETS for m in ("image", "text")]
+    assert all(x["mean"] == S.NOT_TRANSCRIBED for x in paper) == (not S.PAPER_TABLE3)
     md = (rd.tables/"table3_similarity.md").read_text()
     assert "pixel statistics (not VGG16)" in md and "population variance" in md
+    # the paper's values from a CSV go beside the run's rows; a bad CSV is refused by row, the table left as it was
+    pv = tmp_path/"paper.csv"
+    pv.write_text("dataset,modality,mean,variance,N\nRSICD,text,0.31,0.02,\"10,921\"\nSARDet-100K,image,0.26,0.01,\n")
+    r = cli("sarlang-similarity", "run", rd.path, "--paper-values", pv)
+    assert r.returncode == 0, r.stderr
+    got = {(x["dataset"], x["modality"]): x for x in csv.DictReader(open(rd.tables/"table3_similarity.csv"))}
+    assert (got[("RSICD", "text")]["mean"], got[("RSICD", "text")]["N"]) == ("0.31", "10921")
+    assert got[("SARDet-100K", "image")]["variance"] == "0.01" and got[("UCM", "image")]["mean"] == S.NOT_TRANSCRIBED
+    before = (rd.tables/"table3_similarity.csv").read_text()
+    pv.write_text("dataset,modality,mean,variance\nRSICD,text,high,0.02\n")
+    r = cli("sarlang-similarity", "run", rd.path, "--paper-values", pv)
+    assert r.returncode == 1 and "paper.csv row 2: RSICD/text: mean and variance must be numbers" in r.stderr
+    assert (rd.tables/"table3_similarity.csv").read_text() == before
 
 
 def test_read_texts_bad_records_name_their_line(tmp_path):
