@@ -294,6 +294,12 @@ def test_cli_conversions(tmp_path):
     r = _cli("release", tmp_path/"new", "--vqa", tmp_path/"v.csv", "--captions", tmp_path/"caps_llava.json", "--src-root", tmp_path/"rel")
     assert r.returncode == 0, r.stderr
     assert F.load_release(tmp_path/"new") == {"captions": [_cap(1)], "vqa": [_vqa(2, "test", "paired")]}
+    # a release is rewritten whole: writing only VQA into it again is refused unless asked, so its captions survive
+    r = _cli("release", tmp_path/"new", "--vqa", tmp_path/"v.csv", "--src-root", tmp_path/"rel")
+    assert r.returncode == 1 and "--overwrite" in r.stderr
+    assert F.load_release(tmp_path/"new")["captions"] == [_cap(1)]
+    r = _cli("release", tmp_path/"new", "--vqa", tmp_path/"v.csv", "--src-root", tmp_path/"rel", "--overwrite")
+    assert r.returncode == 0 and F.load_release(tmp_path/"new") == {"captions": [], "vqa": [_vqa(2, "test", "paired")]}
     # a bad file: exit 1, one line naming file and row
     (tmp_path/"bad.jsonl").write_text('{"image": "../x.png", "question": "q", "answer": "a"}\n')
     r = _cli("check", tmp_path/"bad.jsonl", "--kind", "vqa")
@@ -349,3 +355,57 @@ def test_cli_check_goes_on_after_a_bad_path(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "bad.jsonl row 1" in err and "missing.json: no such file or folder" in err
     assert json.loads(out)["files"]["Text/VQA/train/SARVQA1_train.json"]["records"] == 1
+
+
+# --- bad input found in review -------------------------------------------------------------------------------------
+
+def test_text_that_is_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path/"caps.csv"
+    p.write_bytes("image,caption\nSARimages/a.png,a ship\nSARimages/b.png,a harbour at Bélem\n".encode("cp1252"))
+    with pytest.raises(SarlangError, match=r"caps.csv: not UTF-8 text: byte 0xe9 in line 3"): F.read_captions(p)
+    j = tmp_path/"v.jsonl"
+    j.write_bytes(('{"image": "SARimages/a.png", "question": "Où?", "answer": "a"}\n').encode("latin-1"))
+    with pytest.raises(SarlangError, match=r"v.jsonl: not UTF-8 text: byte 0xf9 in line 1"): F.read_vqa(j)
+    r = _cli("check", p)
+    assert r.returncode == 1 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_headerless_csv_with_an_unquoted_comma_is_refused(tmp_path):
+    p = tmp_path/"VQA_result.csv"
+    p.write_text("SARimages/1.png,no,Is there a ship?,no\nSARimages/2.png,yes,Is there a ship, a car or a tank?,yes\n")
+    with pytest.raises(SarlangError, match=r"row 2: expected 4 columns .*found 5 \(a field with a comma must be quoted\)"):
+        F.read_vqa_result(p)
+    c = tmp_path/"caps.csv"
+    c.write_text("SARimages/a.png,Two ships, one near the harbour.\n")
+    with pytest.raises(SarlangError, match="row 1: expected 2 columns"): F.read_captions(c)
+
+
+def test_split_comes_from_the_folder_of_the_file_only(tmp_path):
+    d = tmp_path/"test"/"experiment"; d.mkdir(parents=True)
+    F.write_json_records(d/"vqa.jsonl", [{k: v for k, v in _vqa(1).items() if k != "split"}])
+    assert F.read_vqa(d/"vqa.jsonl")[0].get("split") is None          # not "test" from a folder two levels up
+    (tmp_path/"test"/"vqa.jsonl").write_text((d/"vqa.jsonl").read_text())
+    assert F.read_vqa(tmp_path/"test"/"vqa.jsonl")[0]["split"] == "test"
+
+
+def test_coco_detection_ids_and_kind(tmp_path):
+    ims = [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8,
+            "boxes": [{"category": "ship", "bbox": [0, 0, 2, 2]}, {"id": 1, "category": "ship", "bbox": [1, 1, 2, 2]}]}]
+    F.write_coco(tmp_path/"c.json", ims, {1: "ship"})
+    back = F.read_coco(tmp_path/"c.json")                                 # new boxes are numbered after the given ids
+    assert sorted(b["id"] for b in back["images"][0]["boxes"]) == [1, 2]
+    with pytest.raises(SarlangError, match="duplicate box ids"):
+        F.write_coco(tmp_path/"d.json", [{**ims[0], "boxes": [{"id": 3, "category": "ship", "bbox": [0, 0, 1, 1]}] * 2}], {1: "ship"})
+    big = {"info": {"about": "x" * 100_000}, "images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], "categories": []}
+    (tmp_path/"train.json").write_text(json.dumps(big))                   # "annotations" beyond the first 64 KB
+    assert F.detect_kind(tmp_path/"train.json") == "coco"
+    (tmp_path/"bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": [], "annotations": [], "categories": []}).encode())
+    assert F.read_coco(tmp_path/"bom.json")["images"] == []
+    bad = {"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": [], "categories": []}
+    (tmp_path/"bad.json").write_text(json.dumps(bad))
+    with pytest.raises(SarlangError, match=r"images entry 0.*id must be a number or a string"): F.read_coco(tmp_path/"bad.json")
+
+
+def test_nul_in_an_image_path_is_refused(tmp_path):
+    for s in ("SARimages/a\x00.png", "SAR\x00images/a.png"):
+        with pytest.raises(SarlangError, match="NUL"): F.safe_image_path(s, tmp_path)

@@ -92,3 +92,29 @@ def test_rgb_tiff_is_grey_like_rgb_png(tmp_path):
     np.testing.assert_allclose(read_sar(tmp_path/"c.tif"), read_sar(tmp_path/"c.png"), rtol=1e-6)
     write_geotiff(tmp_path/"q.tif", np.ones((3, 16, 16), np.float32), bands=["HH", "HV", "VV"])   # float stacks stay bands
     assert read_raster(tmp_path/"q.tif").bands == ["HH", "HV", "VV"]
+
+
+def test_tiff_band_layouts_follow_the_file_axes(tmp_path):
+    "Band axis from the TIFF's own axes, not guessed from the shape: small chips, many bands, one page per band."
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path/"rgb.tif", np.full((8, 8, 3), 200, np.uint8), photometric="rgb")
+    r = read_raster(tmp_path/"rgb.tif")
+    assert (len(r.bands), r.shape) == (1, (8, 8))                        # a grey RGB chip is one band of 8 x 8
+    stack = np.arange(64 * 64 * 12, dtype=np.float32).reshape(64, 64, 12)
+    tifffile.imwrite(tmp_path/"ts.tif", stack, photometric="minisblack", planarconfig="contig")
+    got = read_sar(tmp_path/"ts.tif")
+    assert got.shape == (12, 64, 64) and np.array_equal(got[5], stack[..., 5])
+    dual = np.stack([np.full((4, 4), 1, np.float32), np.full((4, 4), 2, np.float32)], -1)
+    tifffile.imwrite(tmp_path/"dual.tif", dual, photometric="minisblack", planarconfig="contig")
+    assert read_sar(tmp_path/"dual.tif").shape == (2, 4, 4)
+    with tifffile.TiffWriter(tmp_path/"pages.tif") as w:
+        for v in (1, 2, 3, 4): w.write(np.full((32, 32), v, np.float32), photometric="minisblack")
+    got = read_sar(tmp_path/"pages.tif", stored="amplitude")
+    assert got.shape == (4, 32, 32) and [float(b[0, 0]) for b in got] == [1.0, 4.0, 9.0, 16.0]   # amplitude -> intensity
+
+
+def test_find_images_skips_hidden_folders(tmp_path):
+    for rel in ("a.png", "sub/b.png", ".ipynb_checkpoints/a-checkpoint.png", "sub/.cache/c.png", ".hidden.png"):
+        (tmp_path/rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path/rel)
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a.png", "sub/b.png"]

@@ -106,7 +106,9 @@ def test_bad_records(tmp_path, cli):
     assert r.returncode == 1 and "broken.jsonl" in r.stderr
     r = cli("sarlang-split", "records", "--out", tmp_path/"out")
     assert r.returncode == 1 and "--captions and/or --vqa" in r.stderr
-    with pytest.raises(SarlangError, match="split 'val'"): SP.check_leakage([dict(caps[0], split="val")], [])
+    with pytest.raises(SarlangError, match="row 1: caption record .* split 'val'"): SP.check_leakage([dict(caps[0], split="val")], [])
+    first_sardet = next(i for i, r in enumerate(bad, 1) if r["source"] == "sardet")
+    with pytest.raises(SarlangError, match=f"row {first_sardet}: SARDet-derived vqa record"): SP.image_splits([], bad)
     assert cli("sarlang-split", "--help").returncode == 0
 
 
@@ -156,3 +158,12 @@ def test_sardet_val_annotations_become_test_images(tmp_path):
     assert {k: v[0] for k, v in per.items()} == want and {v[1] for v in per.values()} == {"sardet"}
     assert all(r["split"] == want[r["image_id"]] for r in qa)
     assert SP.check_leakage([], qa)["ok"]
+
+
+def test_a_damaged_hash_cache_is_ignored(tmp_path):
+    img = tmp_path/"a.png"; img.write_bytes(b"x")
+    want = SP.content_hashes({"a": img})
+    for content in ("null", "[]", '{"broken'):
+        (tmp_path/"cache.json").write_text(content)
+        assert SP.content_hashes({"a": img}, tmp_path/"cache.json") == want
+        assert isinstance(json.loads((tmp_path/"cache.json").read_text()), dict)     # rewritten as a good cache
