@@ -39,7 +39,7 @@ def test_resume_after_server_dies(tmp_path):
         r1 = C.run_captions(js, cap, log, chunk=5)
         ok1 = [_body(q) for i, q in enumerate(s1.log, 1) if i <= K]
     assert r1["written"] == K and len(r1["errors"]) == 2*N - K
-    with ChatTestServer(reply=_reply) as s2:
+    with ChatTestServer(reply=_reply, port=s1.port) as s2:    # the server back up, at the same endpoint
         cap = C.OpenAICaptioner(base_url=s2.base_url, cache=cache, max_retries=0, concurrency=4, progress=False)
         r2 = C.run_captions(js, cap, log, chunk=5)
         again = [_body(q) for q in s2.log]
@@ -82,10 +82,10 @@ def test_resume_after_sigkill(tmp_path):
     cache = LLMCache(tmp_path/"llm.sqlite")
     stored = {k for (k,) in cache._db.execute("SELECT key FROM replies")}; cache.close()
     from sarlang_nb.llm import request_key, normalize_request
-    with ChatTestServer(reply=_reply) as s2:
+    with ChatTestServer(reply=_reply, port=s1.port) as s2:    # the same endpoint: its cached replies count
         cap = C.OpenAICaptioner(base_url=s2.base_url, cache=tmp_path/"llm.sqlite", max_retries=0, progress=False)
         r2 = C.run_captions(js, cap, log)
-        sent = [request_key(q["model"], normalize_request({k: v for k, v in q.items() if k != "model"})) for q in s2.log]
+        sent = [request_key(q["model"], normalize_request({k: v for k, v in q.items() if k != "model"}), s2.base_url) for q in s2.log]
     assert not set(sent) & stored                         # nothing whose reply was stored is asked again
     assert r2["errors"] == [] and r2["resumed"] == n_before
     recs = list(read_jsonl(log))
@@ -217,3 +217,40 @@ def test_qc_duplicates_made_by_qc_are_dropped():
         ("1", "concise", "Three ships on water near a harbor."), ("1", "complex", "Three ships on water near a harbor, seen from above."),
         ("2", "concise", "Three ships on water near a harbor.")]
     assert rep.kinds["duplicate"] == 1 and rep.actions["dropped"] == 1
+
+def test_job_without_rgb_is_a_job_error(tmp_path):
+    "A job with no optical image (rgb=None) is reported for that job; the rest of the batch is captioned."
+    js = _jobs(tmp_path, 2) + [C.CaptionJob("0000009", "SARimages/0000009.png")]
+    with ChatTestServer(reply=_reply) as srv:
+        cap = C.OpenAICaptioner(base_url=srv.base_url, cache=tmp_path/"c.sqlite", progress=False)
+        r = C.run_captions(js, cap, tmp_path/"log.jsonl", styles=("concise",))
+        assert r["written"] == 2 and r["errors"] == [("0000009", "concise", "job 0000009 has no optical image (rgb)")]
+        ri = C.run_inquiries(js, C.OpenAIInquirer(cap), tmp_path/"inq.jsonl")
+        assert ri["written"] == 4 and ri["errors"] == [("0000009", "job 0000009 has no optical image (rgb)")]
+    hf = C.HFCaptioner(C.tiny_blip(tmp_path/"blip"), max_new_tokens=3)
+    out = hf.caption(js, "concise")
+    assert out[2] == (None, "job 0000009 has no optical image (rgb)") and all(t for t, _ in out[:2])
+
+def test_qc_measurements_and_modifiers_are_not_counts():
+    "'A 300 m long bridge' is one bridge, not 300; 'four lane' and 'two-storey' are modifiers, not counts."
+    ok = ["A 300 m long bridge crosses the river between two urban areas.", "A 300m long bridge crosses the river near the port.",
+          "A four lane bridge spans the river near the port area.", "A four-lane bridge spans the river near the port area.",
+          "A 2 km bridge and a two-storey harbor building by the water.", "A bridge covers 30 % of the image near one harbor."]
+    for t in ok:
+        assert C.qc_caption(t, "complex", {"bridge": 1, "harbor": 1}) == (t, [], []), t
+        assert [(c, n) for c, n, _ in C._counts_in(t, C.QCConfig().categories)] in ([], [("harbor", 1)]), t
+    assert C.qc_caption("A 300 m long bridge and three ships near the port.", "complex", {"bridge": 1, "ship": 2})[0] is None   # still counted
+
+def test_qc_fix_never_writes_wrong_grammatical_number():
+    "Fix mode replaces a number only when singular/plural stays the same; otherwise the caption is dropped as a quantity failure."
+    cfg = C.QCConfig(quantity="fix")
+    for t, counts in [("A single ship is docked at the pier in the harbor area near the coast.", {"ship": 3, "harbor": 1}),
+                      ("Three ships are docked at the pier next to a harbor on the coast.", {"ship": 1, "harbor": 1}),
+                      ("One ship is docked at the pier next to a harbor on the coast.", {"ship": 2, "harbor": 1})]:
+        assert C.qc_caption(t, "complex", counts, cfg) == (None, ["quantity"], []), t
+    assert C.qc_caption("Three ships are docked at the pier next to a harbor.", "complex", {"ship": 5, "harbor": 1}, cfg)[0] == \
+        "Five ships are docked at the pier next to a harbor."
+    assert C.qc_caption("A dozen ships are docked at the pier next to a harbor.", "complex", {"ship": 4, "harbor": 1}, cfg)[0] == \
+        "Four ships are docked at the pier next to a harbor."
+    t = "A 300 m long bridge crosses the river between two urban areas."
+    assert C.qc_caption(t, "complex", {"bridge": 1}, cfg) == (t, [], [])

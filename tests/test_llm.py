@@ -3,7 +3,7 @@ import os, sys, time, json, subprocess
 from pathlib import Path
 import pytest
 from sarlang_nb.core import SarlangError
-from sarlang_nb.llm import LLMClient, LLMCache, ChatTestServer, last_user_text, user_message
+from sarlang_nb.llm import LLMClient, LLMCache, ChatTestServer, last_user_text, user_message, request_key, normalize_request
 
 os.environ.setdefault("SARLANG_PROGRESS", "0")
 
@@ -52,9 +52,10 @@ def test_no_key_for_openai_is_clear_error_but_cache_needs_none(tmp_path, monkeyp
     monkeypatch.delenv("OPENAI_API_KEY", raising=False); monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(SarlangError, match="OPENAI_API_KEY"):
         LLMClient("m", cache=tmp_path/"c.sqlite").complete("x")
-    with ChatTestServer() as srv:
-        LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete("x")
-    r = LLMClient("m", cache=tmp_path/"c.sqlite").complete("x")   # OpenAI, no key: fine, nothing to call
+    cl = LLMClient("m", cache=tmp_path/"c.sqlite")
+    req = normalize_request("x", cl.defaults)
+    cl.cache.put(request_key("m", req), "m", req, "ok")         # an answer OpenAI gave in an earlier run
+    r = cl.complete("x")                                          # OpenAI, no key: fine, nothing to call
     assert r.cached and r.text == "ok"
 
 def test_killed_run_resumes_without_repeats(tmp_path):
@@ -89,3 +90,52 @@ def test_sync_wrapper_inside_a_running_loop(tmp_path):
         async def cell_async(): return await cl.acomplete_many(["a", "c"])
         res = asyncio.run(cell_async())
         assert [r.text for r in res] == ["a", "c"] and res[0].cached and not res[1].cached
+
+def _parse01(t):
+    if t.strip() not in ("0", "1"): raise ValueError(f"not 0/1: {t!r}")
+    return int(t)
+
+def test_invalid_reply_not_cached_resume_asks_again(tmp_path):
+    "A reply `parse` rejects (after the invalid retries) is not cached: a resumed run asks again and can get a valid one."
+    with ChatTestServer(reply=lambda req: "maybe" if srv.requests <= 3 else "1") as srv:
+        r = LLMClient("m", srv.base_url, invalid_retries=2, cache=tmp_path/"c.sqlite").complete("q", parse=_parse01)
+        assert r.error.startswith("invalid reply") and srv.requests == 3 and len(LLMCache(tmp_path/"c.sqlite")) == 0
+        r = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete("q", parse=_parse01)
+        assert r.ok and r.value == 1 and not r.cached and srv.requests == 4
+        r = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite").complete("q", parse=_parse01)
+        assert r.ok and r.cached and srv.requests == 4          # the valid reply is cached
+
+def test_cached_reply_that_does_not_parse_is_asked_again(tmp_path):
+    "A cached reply that the caller's `parse` rejects (e.g. stored by an older version) is not served."
+    with ChatTestServer(reply=lambda req: "1") as srv:
+        cl = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite")
+        key = request_key("m", normalize_request("q", cl.defaults), srv.base_url)
+        cl.cache.put(key, "m", normalize_request("q", cl.defaults), "maybe")
+        r = cl.complete("q", parse=_parse01)
+        assert r.ok and r.value == 1 and srv.requests == 1
+        assert cl.cache.get(key) == "1"
+
+def test_cache_key_includes_endpoint(tmp_path):
+    "Replies of one endpoint are never served for another one (same model name, same request, same cache file)."
+    with ChatTestServer(reply=lambda req: "0") as a, ChatTestServer(reply=lambda req: "1") as b:
+        ra = LLMClient("gpt-4o-mini", a.base_url, cache=tmp_path/"c.sqlite").complete("q")
+        rb = LLMClient("gpt-4o-mini", b.base_url, cache=tmp_path/"c.sqlite").complete("q")
+        assert (ra.text, rb.text) == ("0", "1") and not rb.cached and b.requests == 1
+        ra2 = LLMClient("gpt-4o-mini", a.base_url + "/", cache=tmp_path/"c.sqlite").complete("q")   # the same endpoint
+        assert ra2.cached and ra2.text == "0" and a.requests == 1
+        assert a.log[0] == b.log[0] == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "q"}], "temperature": 0.0}
+    req = normalize_request("q")
+    assert request_key("m", req) == request_key("m", req, "https://api.openai.com/v1/") == request_key("m", req, "https://API.openai.com/v1")
+    assert request_key("m", req) != request_key("m", req, "http://127.0.0.1:8000/v1") != request_key("m", req, "http://127.0.0.1:8001/v1")
+
+def test_duplicate_items_asked_once(tmp_path):
+    "Identical requests in one batch are sent once; every duplicate gets the same reply."
+    with ChatTestServer(reply=last_user_text, latency=0.05) as srv:
+        cl = LLMClient("m", srv.base_url, cache=tmp_path/"c.sqlite")
+        res = cl.complete_many(["a"]*10 + ["b", "a", "b"])
+        assert [r.text for r in res] == ["a"]*10 + ["b", "a", "b"]
+        assert srv.requests == 2 and cl.stats["calls"] == 2 and sum(r.calls for r in res) == 2
+        assert len({id(r) for r in res}) == len(res)            # separate result objects
+    with ChatTestServer(reply=last_user_text) as srv:             # also without a cache
+        res = LLMClient("m", srv.base_url).complete_many(["x", "x", 3, "x"])
+        assert [r.text for r in res] == ["x", "x", None, "x"] and "bad request" in res[2].error and srv.requests == 1

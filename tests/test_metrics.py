@@ -211,13 +211,21 @@ def test_junk_and_faults_never_crash(tmp_path):
         assert {r["how"] for r in per if r["how"] not in ("contains", "exact")} == {"llm", "invalid"}
         assert all(r["correct"] == "0" for r in per if r["how"] == "invalid")
         n = srv.requests
-        code, out, _ = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--cache", tmp_path/"c.sqlite", "--quiet"])
-        assert code == 0 and srv.requests == n and json.loads(out)["invalid"] == rep["invalid"]   # invalid replies are cached too
+        code, out, _ = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--cache", tmp_path/"c.sqlite", "--quiet",
+                                            "--max-retries", 30, "--backoff", 0.005])
+        assert code == 0 and json.loads(out)["invalid"] == rep["invalid"]
+        prompt = lambda req: req["messages"][0]["content"][0]["text"]
+        def invalid(req):
+            try: M.parse_judge(reply(req)); return False
+            except ValueError: return True
+        asked = {prompt(r) for r in srv.log[n:]}
+        assert asked and asked == {prompt(r) for r in srv.log[:n] if invalid(r)}   # invalid replies are not cached: only they are asked again
 
 def test_judge_down_then_resumed(tmp_path):
     write_vqa_csv(tmp_path/"VQA_result.csv", make_vqa_rows(random.Random(5), 60))
     args = [tmp_path/"VQA_result.csv", "--cache", tmp_path/"c.sqlite", "--json", tmp_path/"r.json", "--quiet", "--backoff", 0.005]
     with ChatTestServer(reply=judge_reply, fault=lambda n, req: "500" if n % 2 == 0 else None) as srv:
+        port = srv.port
         code, out, err = run_cli(M.vqa_main, [*args, "--base-url", srv.base_url, "--max-retries", 0])
         assert code == 3 and "re-run" in err
         rep = read_json(tmp_path/"r.json")
@@ -225,7 +233,7 @@ def test_judge_down_then_resumed(tmp_path):
     cache = LLMCache(tmp_path/"c.sqlite")
     cached = {json.loads(q)["messages"][0]["content"][0]["text"] for (q,) in cache._db.execute("SELECT request FROM replies")}
     assert cached
-    with ChatTestServer(reply=judge_reply) as srv:
+    with ChatTestServer(reply=judge_reply, port=port) as srv:   # the judge back up, at the same endpoint
         code, out, err = run_cli(M.vqa_main, [*args, "--base-url", srv.base_url])
         assert code == 0 and json.loads(out)["llm_errors"] == 0
         asked = {r["messages"][0]["content"][0]["text"] for r in srv.log}

@@ -166,3 +166,13 @@ def test_categories_read_from_file(tmp_path):
     recs = list(vqa.vqa_records(p, n_absent=5))
     assert {r["answer"] for r in recs if r["qtype"] == "main_object"} == {"plane"}
     assert [r["answer"] for r in recs if r["qtype"] == "absence" and r["image_id"] == "0000001"] == ["No"]
+
+@pytest.mark.parametrize("tpl,msg", [("SARimages/{name}.png", "unknown field {name}"), ("SARimages/{stem}.png}", "Single '}'"),
+                                     ("{stem", "expected '}'"), ("{}.png", "positional field"), ("{stem:d}", "Unknown format code")])
+def test_bad_image_template_is_a_clear_error(tmp_path, capsys, tpl, msg):
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}])
+    with pytest.raises(SarlangError, match=re.escape(msg)): list(vqa.vqa_records(p, image_template=tpl))
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--image-template", tpl]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "{file_name} {stem} {id} {split}" in err and not (tmp_path/"o.jsonl").exists()
+    assert [r["image"] for r in vqa.vqa_records(p, image_template="{split}/{id:07d}.png{{x}}", split="train")][0] == "train/0000001.png{x}"
