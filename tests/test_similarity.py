@@ -175,3 +175,26 @@ def test_no_features_is_a_clear_error(tmp_path, capsys):
     (tmp_path/"empty.txt").write_text("\n")
     assert S.main(["texts", str(tmp_path/"empty.txt")]) == 1
     assert "got 0" in capsys.readouterr().err
+
+
+def test_bad_text_inputs_and_flags_are_clear_errors(cli, tmp_path):
+    "Encodings, too few items, an unknown device: one error line, no traceback."
+    (tmp_path/"latin1.txt").write_bytes("a ship at Bélem\na port\n".encode("latin-1"))
+    (tmp_path/"empty.txt").write_text("")
+    for args, msg in ((("texts", tmp_path/"latin1.txt"), "latin1.txt: not UTF-8 text: byte 0xe9 in line 1"),
+                      (("texts", tmp_path/"empty.txt", "--check"), "need at least 2 items"),
+                      (("--device", "gpu", "texts", tmp_path/"empty.txt"), "--device 'gpu' is not a torch device")):
+        r = cli("sarlang-similarity", *args)
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    # a CSV saved by Excel as "CSV UTF-8" starts with a byte-order mark
+    (tmp_path/"pv.csv").write_bytes(b"\xef\xbb\xbfdataset,modality,mean,variance\nUCM,text,0.4,0.02\n")
+    assert S.read_paper_table3(tmp_path/"pv.csv") == {("UCM", "text"): (0.4, 0.02, None)}
+
+
+def test_sample_variance_skips_collections_of_two(tmp_path):
+    "With ddof=1 a collection of two items (one pair) has no sample variance: its row is left out, the table is written."
+    rd = RunDir(tmp_path/"run").create()
+    _images(rd.sar_images, 5)
+    _images(rd.rgb_images, 2, rgb=True)
+    rows = S.table3_for_run(rd, S.image_extractor(), ddof=1, paper=False)
+    assert [r["collection"] for r in rows] == ["SAR images"]
