@@ -290,6 +290,22 @@ def test_vqa_bad_input(tmp_path):
     code, _, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--judge", "rules"])
     assert code == 1 and "VQA_result.csv row 2" in err
 
+
+def test_bad_paths_are_refused_before_the_work(tmp_path):
+    "Missing or non-UTF-8 references and output paths that are folders: clear errors, before anything is scored."
+    (tmp_path/"p.jsonl").write_text('{"predict": "a ship", "label": "a ship"}\n')
+    (tmp_path/"latin1.json").write_bytes('{"annotations": [{"image_id": 1, "caption": "Bélem"}]}'.encode("latin-1"))
+    (tmp_path/"out").mkdir()
+    for args, msg in (([tmp_path/"p.jsonl", "--refs", tmp_path/"missing.json"], "missing.json: file not found"),
+                      ([tmp_path/"p.jsonl", "--refs", tmp_path/"latin1.json"], "latin1.json: not UTF-8 text"),
+                      ([tmp_path/"p.jsonl", "--json", tmp_path/"out"], "--json is a folder"),
+                      ([tmp_path/"p.jsonl", "--per-sample", tmp_path/"out"], "--per-sample is a folder")):
+        code, out, err = run_cli(M.captions_main, args)
+        assert code == 1 and msg in err and out == "", (args, err)
+    write_vqa_csv(tmp_path/"VQA_result.csv", [("a.png", "yes", "q?", "yes")])
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--judge", "rules", "--json", tmp_path/"out"])
+    assert code == 1 and "--json is a folder" in err and out == ""
+
 # ---------------------------------------------------------------- the stage
 def test_evaluate_run_on_inference_like_rows(tmp_path):
     rd = RunDir(tmp_path/"run").create()
