@@ -243,3 +243,118 @@ def test_cli_infer_unreadable_image_fails_alone(toy, tmp_path, capsys):
     st = json.loads((tmp_path/"p"/"inference_stats.json").read_text())
     assert st["failed"] == sum(bad) and st["first_failures"][0][0] == bad.index(True) + 1
     assert len(formats.read_vqa_result(tmp_path/"p"/RESULT_FILE)) == len(ex)
+
+
+# --- review fixes -----------------------------------------------------------------------------------------------
+
+def test_load_image_16bit_is_stretched_not_clipped(tmp_path):
+    "A 16-bit PNG (PIL mode I;16) reaches the model as a percentile-stretched grey ramp, not a white square."
+    import numpy as np
+    from PIL import Image
+    from sarlang_nb.models import load_image
+    ramp = np.linspace(0, 65535, 64*64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path/"sar16.png")
+    g = np.asarray(load_image(tmp_path/"sar16.png"))[..., 0]
+    assert (g == 255).mean() < 0.05 and (g == 0).mean() < 0.05 and len(np.unique(g)) > 200
+    dark = (ramp // 64).astype(np.uint16)                    # a dark 16-bit chip (values 0..1023) is stretched too
+    Image.fromarray(dark).save(tmp_path/"dark16.png")
+    assert np.asarray(load_image(tmp_path/"dark16.png")).max() == 255
+    g8 = np.asarray(load_image(Image.fromarray((ramp // 257).astype(np.uint8))))   # 8-bit images are left as they are
+    assert (g8[..., 0] == ramp // 257).all()
+
+
+def test_encode_cutoff_cuts_the_answer_keeping_its_end(toy):
+    "cutoff_len: the answer is cut keeping its end token; a prompt that leaves no room is refused, naming file and row."
+    from sarlang_nb.finetune import SFTDataset
+    d, files = toy
+    ex = load_examples(files["vqa_train"])
+    for name in ("qwen2-vl", "blip"):
+        ad = load_vlm(name)
+        n = len(ad.encode(ex[0]["image"], ex[0]["prompt"])["input_ids"])
+        full = ad.encode(ex[0]["image"], ex[0]["prompt"], "There are three ships near the harbor bridge.")
+        cut = ad.encode(ex[0]["image"], ex[0]["prompt"], "There are three ships near the harbor bridge.", cutoff=n + 2)
+        sup = [i for i, l in zip(cut["input_ids"], cut["labels"]) if l != -100]
+        assert len(cut["input_ids"]) <= n + 2 and len(sup) >= 2 and sup[-1] == full["input_ids"][-1], (name, sup)
+        assert torch.isfinite(ad.model(**ad.collate([cut])).loss)
+        with pytest.raises(SarlangError, match="cutoff_len"): ad.encode(ex[0]["image"], ex[0]["prompt"], "3", cutoff=n - 1)
+    with pytest.raises(SarlangError, match=r"SARVQA2_train.json row 2: .*cutoff_len 10"):
+        SFTDataset(load_vlm("qwen2-vl"), ex, cutoff_len=10)[1]
+
+
+def test_cli_bad_numbers_exit_2(toy, tmp_path, capsys):
+    "Zero/negative numeric flags are argparse errors naming the flag (exit 2); the functions refuse them too."
+    d, files = toy
+    base = ["--model", "qwen2-vl", "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"), "--max-new-tokens", "2"]
+    for flag, val in [("--batch-size", "0"), ("--batch-size", "-1"), ("--max-samples", "-1"), ("--max-samples", "0"),
+                      ("--max-new-tokens", "0")]:
+        with pytest.raises(SystemExit) as e: infer_main(base + [flag, val])
+        assert e.value.code == 2 and f"argument {flag}: must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path/"p").exists()
+    ft = ["--model", "qwen2-vl", "--data", str(files["vqa_train"]), "--out", str(tmp_path/"o")]
+    for flag, val in [("--max-samples", "-1"), ("--max-steps", "0"), ("--save-steps", "0"), ("--epochs", "0"), ("--lr", "-0.001"),
+                      ("--cutoff-len", "0"), ("--batch-size", "0"), ("--warmup-ratio", "1")]:
+        with pytest.raises(SystemExit) as e: ft_main(ft + [flag, val])
+        assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+    with pytest.raises(SarlangError, match="max_samples must be a positive"): load_examples(files["vqa_test"], max_samples=-1)
+    with pytest.raises(SarlangError, match="batch_size must be a positive"): predict(load_vlm("qwen2-vl"), load_examples(files["vqa_test"]), tmp_path/"q", batch_size=0)
+    with pytest.raises(SarlangError, match="--batch-size must be a positive"): finetune("qwen2-vl", files["vqa_train"], tmp_path/"o", batch_size=0)
+
+
+def test_cli_infer_does_not_resume_old_labels(tmp_path, capsys):
+    "Test answers corrected after a run: resuming is refused (data changed); --no-resume writes the new labels."
+    f = toy_dataset(tmp_path/"toy", 6)["vqa_test"]
+    args = ["--model", "qwen2-vl", "--data", str(f), "--out", str(tmp_path/"p"), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "2"]
+    assert infer_main(args) == 0
+    recs = json.loads(f.read_text())
+    for r in recs: r["answer"] = "corrected " + r["answer"]
+    f.write_text(json.dumps(recs))
+    capsys.readouterr()
+    assert infer_main(args) == 2
+    assert "data_sha256" in capsys.readouterr().err
+    assert infer_main(args + ["--no-resume"]) == 0
+    assert [r["label"] for r in formats.read_predictions(tmp_path/"p"/PRED_FILE)] == [r["answer"] for r in recs[:2]]
+    # the row check itself (an OUT without infer_request.json): a changed label is other data
+    (tmp_path/"p"/"infer_request.json").unlink()
+    for r in recs: r["answer"] = "again " + r["answer"]
+    f.write_text(json.dumps(recs))
+    assert infer_main(args) == 2 and "row 1: existing predictions belong to other data" in capsys.readouterr().err
+
+
+def test_cli_finetune_fresh_run_clears_checkpoints_and_resume_checks_them(toy, tmp_path, capsys):
+    "A fresh sarlang-finetune empties OUT/checkpoints; --resume refuses checkpoints of other data or past --max-steps."
+    d, files = toy
+    out = tmp_path/"ad"
+    common = ["--model", "qwen2-vl", "--recipe", "smoke", "--out", str(out), "--batch-size", "2", "--max-samples", "4"]
+    caps, vqa = ["--data", str(files["caption_train"])], ["--data", str(files["vqa_train"])]
+    assert ft_main(common + caps + ["--max-steps", "2", "--save-steps", "2"]) == 0
+    assert (out/"checkpoints"/"checkpoint-2").is_dir()
+    assert ft_main(common + vqa + ["--max-steps", "1", "--save-steps", "50"]) == 0              # fresh: old checkpoints go
+    assert sorted(p.name for p in (out/"checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]   # run 2's final one only
+    assert ft_main(common + vqa + ["--max-steps", "2", "--save-steps", "2", "--resume"]) == 0   # nothing of run 1 resumed
+    info = json.loads((out/"sarlang_finetune.json").read_text())
+    assert info["train_metrics"]["resumed_from"] == "checkpoint-1" and info["train_metrics"]["steps"] == 2
+    capsys.readouterr()
+    assert ft_main(common + caps + ["--max-steps", "4", "--resume"]) == 2                        # other data
+    assert "trained with other data_sha256" in capsys.readouterr().err
+    assert ft_main(common + vqa + ["--max-steps", "4", "--lr", "1e-3", "--resume"]) == 2          # other hyper-parameters
+    assert "other lr" in capsys.readouterr().err
+    assert ft_main(common + vqa + ["--max-steps", "1", "--resume"]) == 2                         # past --max-steps
+    assert "checkpoint-2 is already past --max-steps 1" in capsys.readouterr().err
+
+
+def test_stage_redoes_work_after_data_change(tmp_path):
+    "The run's Text/ files regenerated with other content under the same paths: the adapter is retrained, predictions redone."
+    from sarlang_nb.core import sha256_file
+    rd = open_run(tmp_path/"run", "smoke")
+    toy_dataset(rd.path, 8, seed=0)
+    info, _ = finetune_run(rd, max_steps=1, max_samples=2)
+    infer_run(rd, max_new_tokens=1, max_samples=1, batch_size=1)
+    toy_dataset(rd.path, 8, seed=1)
+    info2, _ = finetune_run(rd, max_steps=1, max_samples=2)
+    assert [x["sha256"] for x in info2["qwen2-vl"]["data"]] == [sha256_file(x["path"]) for x in info2["qwen2-vl"]["data"]]
+    assert info2["qwen2-vl"]["data"] != info["qwen2-vl"]["data"]
+    stats, _ = infer_run(rd, max_new_tokens=1, max_samples=1, batch_size=1)
+    ex = load_examples(sorted((rd.vqa/"test").glob("*.json")) + [rd.captions/"Caption_test1.csv"], True, 1)
+    for mode in ("zero-shot", "lora"):
+        assert stats[("qwen2-vl", mode)]["resumed_rows"] == 0
+        assert [r["label"] for r in formats.read_predictions(rd.predictions("qwen2-vl", mode)/PRED_FILE)] == [e["answer"] for e in ex]
