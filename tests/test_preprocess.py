@@ -313,3 +313,17 @@ def test_batch_survives_a_killed_worker(tmp_path):
     assert rep["failed"] == [] and rep["written"] == 16 and rep["worker_deaths"] >= 1
     assert sorted(p.name for p in out.glob("*.png")) == [f"s{i:02d}.png" for i in range(16)]
     assert json.loads((out/"preprocess_report.json").read_text())["worker_deaths"] == rep["worker_deaths"]
+
+
+def test_bad_device_report_and_options_file_are_argument_errors(tmp_path):
+    "Exit 2 with one line for a device that is not one, a --report that is a folder, an --out that is a file; a damaged options file asks for --overwrite."
+    _folder(tmp_path/"in", n_good=2, size=24)
+    (tmp_path/"afile").write_text("x")
+    for extra, msg in ((["--device", "gpu"], "is not a torch device"), (["--report", str(tmp_path)], "--report is a folder"),
+                       ([], "--out is a file")):
+        out = tmp_path/"afile" if msg == "--out is a file" else tmp_path/"o"
+        r = subprocess.run(CLI + [str(tmp_path/"in"), "--out", str(out), "--quiet", *extra], env=ENV, capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (tmp_path/"o2").mkdir(); (tmp_path/"o2"/OPTIONS_FILE).write_text("")
+    with pytest.raises(SarlangError, match="cannot be read.*--overwrite"): preprocess_batch([tmp_path/"in"], tmp_path/"o2")
+    assert preprocess_batch([tmp_path/"in"], tmp_path/"o2", overwrite=True)["written"] == 3     # 2 GeoTIFFs and the JPEG
