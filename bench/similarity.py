@@ -56,7 +56,7 @@ def full_scale(n, d, batch, fraction, seed=0):
     t = time.perf_counter(); mean, var = acc.result(); t_res = time.perf_counter() - t
     est = t_upd * n / rows + t_res
     what = "measured" if rows == n else f"extrapolated linearly from {rows:,} of {n:,} rows ({todo}/{nb} batches)"
-    print(f"N={n:,} d={d:,} float32 (SARLANG-1M scale), batches of {batch:,}: float32 batch Gram into a float64 accumulator")
+    print(f"N={n:,} d={d:,} float32 (SARLANG-1M scale), batches of {batch:,}: float32 features, float64 sums")
     print(f"  closed form {est:8.1f} s  ({what}; result() {t_res:.2f} s)  -> {est/60:.2f} min; mean {mean:.6f} var {var:.3e}")
     return est
 
