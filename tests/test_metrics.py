@@ -82,6 +82,11 @@ def test_caption_refs_from_release_file(tmp_path):
     assert [len(i["refs"]) for i in items] == [2, 1]
     s, per = M.caption_scores(items)
     assert per[0]["Bleu_1"] == pytest.approx(1.0)   # matches its second reference exactly
+    # the same rows against COCO references keyed by number: matched by the image's file stem
+    (tmp_path/"refs.json").write_text(json.dumps({"images": [], "annotations": [
+        {"image_id": 1, "caption": "a ship in the sea"}, {"image_id": 2, "caption": "an airport with two aircraft"}]}))
+    items = M.read_caption_items(tmp_path/"p.jsonl", tmp_path/"refs.json")
+    assert [(i["id"], i["refs"]) for i in items] == [(1, ["a ship in the sea"]), (2, ["an airport with two aircraft"])]
 
 @pytest.mark.parametrize("content,refs,msg", [
     ('{"predict": "a", "label": "b"}\n{"predict": "  ", "label": "b"}\n', None, "row 2: empty 'predict'"),
