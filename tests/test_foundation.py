@@ -150,3 +150,58 @@ def test_shipped_notebooks_need_only_runtime_dependencies():
                     if top in sys.stdlib_module_names or top == "sarlang_nb": continue
                     if not any(norm(d) in closure for d in dists.get(top, [])): missing.setdefault(top, nb.name)
     assert not missing, f"imported by shipped notebooks but not a runtime dependency: {missing}"
+
+
+def _stand_in_stages(folder):
+    "Two tiny stage notebooks with parameters cells like the real 00_core and 02_preprocess."
+    folder.mkdir()
+    for name, params in (("00_core", 'run_dir = None\nprofile = "smoke"\ndata_root = None\nmodel_paths = {}\noverrides = {}\n'),
+                         ("02_preprocess", 'run_dir = None\nprofile = "smoke"\nrule = "closest"\npercentiles = [2, 98]\nenl = None\npaper_values = None\n')):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(params); cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell]; nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder/f"{name}.ipynb")
+    return folder
+
+
+def test_resume_compares_each_stage_options(tmp_path, monkeypatch):
+    "--resume re-runs a stage whose options changed (a dropped --param included), skips one whose options did not."
+    import io
+    from sarlang_nb import reproduce as R
+    from sarlang_nb.core import update_config
+    seen = []
+    def fake_stage(nb, dst, base, kernel="python3", log_output=False):
+        rd = RunDir(base["run_dir"])
+        if nb.stem == "00_core": update_config(rd, base["profile"], data_root=base["data_root"], model_paths=base["model_paths"] or None, **base["overrides"])
+        rd.write_manifest(nb.stem, []); seen.append((nb.stem, base.get("paper_values")))
+    monkeypatch.setattr(R, "run_stage", fake_stage)
+    nbs, run = _stand_in_stages(tmp_path/"nbs"), tmp_path/"run"
+    go = lambda **kw: R.reproduce(run, nbs=nbs, out=io.StringIO(), **kw)
+    assert go(params={"rule": "sign", "percentiles": (1, 99), "n_scenes": 50})["ran"] == ["00_core", "02_preprocess"]
+    assert go(params={"rule": "sign", "percentiles": (1, 99), "n_scenes": 50}, resume=True)["ran"] == []   # a tuple is its list
+    assert go(params={"percentiles": [1, 99]}, resume=True)["ran"] == ["02_preprocess"]   # rule dropped: back to "closest"
+    assert go(params={"percentiles": [1, 99]}, resume=True)["ran"] == []
+    assert go(resume=True, params={"percentiles": [1, 99], "enl": 1.0})["ran"] == []         # enl: a config key, config.json's
+    # a relative path in a --param is made absolute (the stages run in another folder)
+    (tmp_path/"t3.csv").write_text("dataset,modality,mean,variance\n")
+    monkeypatch.chdir(tmp_path)
+    go(params={"percentiles": [1, 99], "paper_values": "t3.csv"}, stages="02")
+    assert seen[-1] == ("02_preprocess", str(tmp_path/"t3.csv"))
+
+
+def test_resume_keeps_the_runs_data_root_and_model_paths(tmp_path, monkeypatch):
+    "Omitting --data-root/--model-path on --resume keeps the run's; naming other ones is refused."
+    import io
+    from sarlang_nb import reproduce as R
+    from sarlang_nb.core import update_config
+    def fake_stage(nb, dst, base, kernel="python3", log_output=False):
+        rd = RunDir(base["run_dir"])
+        if nb.stem == "00_core": update_config(rd, base["profile"], data_root=base["data_root"], model_paths=base["model_paths"] or None, **base["overrides"])
+        rd.write_manifest(nb.stem, [])
+    monkeypatch.setattr(R, "run_stage", fake_stage)
+    nbs, run = _stand_in_stages(tmp_path/"nbs"), tmp_path/"run"
+    (tmp_path/"w").mkdir(); (tmp_path/"w2").mkdir()
+    go = lambda **kw: R.reproduce(run, nbs=nbs, out=io.StringIO(), **kw)
+    go(model_paths={"sentence-bert": tmp_path/"w"})
+    assert go(resume=True)["skipped"] == ["00_core", "02_preprocess"]
+    with pytest.raises(SarlangError, match="model_paths"): go(resume=True, model_paths={"sentence-bert": tmp_path/"w2"})
