@@ -79,7 +79,9 @@ def test_cli_finetune_infer_resume(toy, tmp_path, capsys):
     rows = formats.read_predictions(p/PRED_FILE)
     n = len(load_examples([files["vqa_test"], files["caption_test_concise"]]))
     assert len(rows) == n and {"prompt", "predict", "label", "image", "application", "question"} <= set(rows[0])
-    assert len(formats.read_vqa_result(p/RESULT_FILE)) == n
+    n_vqa = len(load_examples(files["vqa_test"]))
+    assert len(formats.read_vqa_result(p/RESULT_FILE)) == n_vqa                 # the authors' file: VQA rows only
+    assert not (p/RESULT_FILE).read_text().startswith("image,")                # and no header row (it would be scored)
     # a kill mid-file: the next run keeps the complete rows and finishes
     lines = (p/PRED_FILE).read_text().splitlines(keepends=True)
     (p/PRED_FILE).write_text("".join(lines[:5]) + lines[5][:10])

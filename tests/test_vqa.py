@@ -176,3 +176,15 @@ def test_bad_image_template_is_a_clear_error(tmp_path, capsys, tpl, msg):
     err = capsys.readouterr().err
     assert msg in err and "{file_name} {stem} {id} {split}" in err and not (tmp_path/"o.jsonl").exists()
     assert [r["image"] for r in vqa.vqa_records(p, image_template="{split}/{id:07d}.png{{x}}", split="train")][0] == "train/0000001.png{x}"
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_guessed_application_agrees_with_the_generator(real, prefix):
+    "A VQA_result.csv carries no application: the guess from the wording must give back what 05_vqa assigned."
+    from sarlang_nb.formats import guess_application
+    recs = list(vqa.vqa_records(real[0], seed=1, prefix=prefix))
+    wrong = [(r["question"], r["answer"], r["application"]) for r in recs
+             if guess_application(r["question"], r["answer"]) != r["application"]]
+    assert len({r["qtype"] for r in recs}) >= 8 and not wrong, wrong[:5]
+    wrong = [r["question"] for r in recs if guess_application(r["question"]) != r["application"]]   # without the answer
+    assert not wrong, wrong[:5]
