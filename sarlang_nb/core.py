@@ -9,12 +9,13 @@ from __future__ import annotations
 import os, sys, json, re, time, hashlib, tempfile, contextlib, fcntl
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PROFILES', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write', 'write_json', 'read_json',
-           'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config', 'RunDir', 'file_lock',
-           'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run', 'update_config', 'sha256_file',
-           'shared_data']
+__all__ = ['PROFILES', 'DATA_PROVENANCE', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write', 'write_json',
+           'read_json', 'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config', 'RunDir',
+           'file_lock', 'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run', 'update_config',
+           'sha256_file', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #5644dc27
 class SarlangError(Exception):
@@ -122,10 +123,11 @@ def progress(it:Iterable,             # the iterable to loop over
 PROFILES = {
     "smoke": dict(n_scenes=120, scene_size=256, enl=1.0, seed=0, device="cpu", data_root=None,
                   model_paths={}, models=["qwen2-vl"], judge="rules", captioner="offline",
-                  max_train_steps=None, description="synthetic world, tiny models, CPU, no downloads"),
+                  max_train_steps=None, workflow="rebuild",
+                  description="synthetic world, tiny models, CPU, no downloads"),
     "paper": dict(n_scenes=None, scene_size=None, enl=1.0, seed=0, device="cuda", data_root=None,
                   model_paths={}, models=["qwen2-vl", "qwen2.5-vl", "llava-1.5", "blip"], judge="official",
-                  captioner="openai", max_train_steps=None,
+                  captioner="openai", max_train_steps=None, workflow="release",
                   description="real SARLANG-1M release, local model weights, GPU, OpenAI-compatible judge"),
 }
 
@@ -319,3 +321,61 @@ def shared_data():
     for root in (repo_root(Path.cwd()), repo_root()):
         if root and (root.parent/"shared"/"data").is_dir(): return root.parent/"shared"/"data"
     return None
+
+# %% ../nbs/00_core.ipynb #7daca9df
+DATA_PROVENANCE = ("synthetic world", "release", "rebuilt from sources")
+
+@patch(as_prop=True)
+def records(self:RunDir):
+    "`Text/records/`: the data stages' intermediate records (VQA, captions, inquiries) before the split."
+    return self.path/"Text"/"records"
+
+@patch
+def model_path(self:RunDir,
+               name:str): # a model name, e.g. "qwen2.5-vl"
+    "The local weights folder of `name` given with `--model-path` (`config.json`'s `model_paths`), or `None`."
+    p = (self.config.get("model_paths") or {}).get(name)
+    return Path(p) if p else None
+
+@patch(as_prop=True)
+def provenance(self:RunDir):
+    "What the run's data is: one of `DATA_PROVENANCE`."
+    cfg = self.config
+    if cfg.get("profile", "smoke") != "paper": return "synthetic world"
+    return "release" if cfg.get("workflow", "release") == "release" else "rebuilt from sources"
+
+# %% ../nbs/00_core.ipynb #f149abe1
+@patch
+def models_to_run(self:RunDir):
+    "`(names, skipped)`: the models of the run, and `{name: why}` for those the paper profile skips (no weights given)."
+    names = list(self.config.get("models") or [])
+    if self.config.get("profile", "smoke") != "paper": return names, {}
+    skipped = {n: f"no weights: add --model-path {n}=DIR" for n in names if self.model_path(n) is None}
+    return [n for n in names if n not in skipped], skipped
+
+# %% ../nbs/00_core.ipynb #8b71ad1e
+def _run_required(rd, stage, nbs=None):
+    "Run stage notebook `stage` into `rd` (smoke profile) as `sarlang-reproduce` would."
+    from sarlang_nb.reproduce import stage_notebooks, run_stage
+    hits = [nb for nb in stage_notebooks(nbs) if nb.stem == stage]
+    if not hits: raise SarlangError(f"no stage notebook {stage}.ipynb to run (stages: {', '.join(nb.stem for nb in stage_notebooks(nbs))})")
+    print(f"{rd.path.name}: running the required stage {stage} first", file=sys.stderr, flush=True)
+    run_stage(hits[0], rd.notebooks/hits[0].name, dict(run_dir=str(rd.path), profile="smoke"))
+    if not rd.stage_complete(stage): raise SarlangError(f"stage {stage} ran but did not complete (no complete manifest)", rd.manifests/f"{stage}.json")
+
+@patch
+def require(self:RunDir,
+            *stages:str, # the stages needed, e.g. "07_splits", "10_finetune"
+            nbs=None):   # folder of the stage notebooks (default: the package's)
+    "`{stage: manifest}` of completed `stages`; the smoke profile runs a missing one first, other profiles raise."
+    out = {}
+    for s in stages:
+        if not self.stage_complete(s):
+            prof = self.config.get("profile", "smoke")
+            if prof != "smoke":
+                raise SarlangError(f"this stage needs stage {s}, which has not completed in the run {self.path}: run it first, "
+                                   f"e.g. `sarlang-reproduce --profile {prof} --run-dir {self.path} --stages {s} --resume`")
+            with file_lock(self.path/f".lock-stage-{s}"):
+                if not self.stage_complete(s): _run_required(self, s, nbs)
+        out[s] = self.manifest(s)
+    return out
