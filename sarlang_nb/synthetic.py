@@ -17,9 +17,10 @@ from .sario import write_geotiff
 # %% auto #0
 __all__ = ['CLASSES', 'LANDCOVER', 'LC', 'SIGMA0', 'TARGET_SIGMA0', 'TEXTURED', 'POLS', 'POL_RATIO', 'COLOURS', 'LC_COLOURS',
            'OBJ_COLOURS', 'SCENE_TYPE', 'DISPLAY_REF', 'WORLD_VERSION', 'RESOLUTION_M', 'PAIRED_STANDS_FOR',
-           'generate_scene', 'to_display', 'estimate_enl', 'plan_world', 'scene_rng', 'scene_id', 'coco_json',
-           'world_params', 'scene_files', 'build_world', 'world_params_from_config', 'ensure_world', 'load_scenes',
-           'render_scene', 'main']
+           'RELEASE_CITIES', 'RELEASE_SV', 'SARDET_EXTS', 'generate_scene', 'to_display', 'estimate_enl', 'plan_world',
+           'scene_rng', 'scene_id', 'coco_json', 'world_params', 'scene_files', 'build_world',
+           'world_params_from_config', 'ensure_world', 'load_scenes', 'render_scene', 'release_image_name',
+           'write_release_fixture', 'main']
 
 # %% ../nbs/03_synthetic.ipynb #9fd7f56b
 CLASSES = ("ship", "aircraft", "car", "tank", "bridge", "harbor")   # SARDet-100K's class order; COCO ids 0..5
@@ -672,6 +673,92 @@ def render_scene(rd,      # a core.RunDir, or a folder holding a world
     if out[3]["objects"] != scene["objects"]: raise SarlangError(f"scene {scene['id']} does not regenerate to its record", wj)
     return out
 
+# %% ../nbs/03_synthetic.ipynb #b846dfab
+RELEASE_CITIES = (("France", "Alpes-Maritimes", "Nice"), ("Japan", "Kanagawa", "Yokohama"), ("USA", "California", "San-Diego"),
+                  ("Netherlands", "South-Holland", "Rotterdam"), ("Brazil", "Rio-de-Janeiro", "Niteroi"))
+RELEASE_SV = (("Darwin", -12.4278, 130.8688), ("Rotterdam", 51.9244, 4.4777), ("Dubai", 25.2048, 55.2708))
+SARDET_EXTS = ("jpg", "bmp", "png")
+
+def release_image_name(sc:dict, # a scene of the world
+                       k:int):   # its index among the scenes of its source
+    "The scene's image file name in the release's styles (city tile, SpaceNet-style or SARDet-100K's 7 digits)."
+    if sc["source"] == "sardet": return f"{sc['id']}.{SARDET_EXTS[k % len(SARDET_EXTS)]}"
+    if k % 2 == 0:
+        country, region, city = RELEASE_CITIES[(k//2) % len(RELEASE_CITIES)]
+        return f"{country}_{region}_{city}_{k//2 + 1}.png"
+    city, lat, lon = RELEASE_SV[(k//2) % len(RELEASE_SV)]
+    return f"SV_{city}_{lat + 0.001*k:.4f}_{lon - 0.001*k:.4f}.png"
+
+# %% ../nbs/03_synthetic.ipynb #3e8e4e67
+def _fixture_records(scenes, names, seed):
+    "(captions, vqa) records of the world's scenes, with the release image names and the world's splits."
+    from sarlang_nb.vqa import vqa_records, load_coco
+    from sarlang_nb.captions import metadata_caption, metadata_inquiries, quality_control
+    from collections import Counter
+    import random, tempfile
+    caps, vqa = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for sp in ("train", "test"):
+            for src in ("sardet", "paired"):
+                sub = [dict(s, source="sardet") for s in scenes if s["split"] == sp and s["source"] == src]
+                if not sub: continue
+                atomic_write(Path(d)/"c.json", json.dumps(coco_json(sub, sp)))
+                for r in vqa_records(Path(d)/"c.json", seed, source=src, split=sp, image_template="{stem}"):
+                    vqa.append(dict(r, image="SARimages/" + names[r["image"]], image_id=Path(names[r["image"]]).stem))
+    for s in scenes:
+        if s["source"] != "paired": continue
+        img = "SARimages/" + names[s["id"]]
+        iid = Path(names[s["id"]]).stem
+        raw = [dict(image=img, image_id=iid, caption=metadata_caption(s, st).replace("optical image", "SAR image"), style=st, split=s["split"]) for st in ("complex", "concise")]
+        caps += quality_control(raw, {iid: Counter(o["category"] for o in s["objects"])})[0]   # the release's text passed QC
+        inq = [dict(image=img, image_id=iid, question=qa["question"], answer=qa["answer"], source="paired", split=s["split"])
+               for qa in metadata_inquiries(s, random.Random(f"{seed}:{s['id']}"))]
+        vqa += quality_control(inq, kind="inquiry")[0]
+    return caps, vqa
+
+def _write_fixture_text(out, caps, vqa):
+    "The release's text files, in CSV and JSON, without the provenance keys the release does not have."
+    from sarlang_nb.formats import write_csv_records, write_json_records, vqa_prompt, caption_prompt, IMAGE_TOKEN
+    msg = lambda im, u, a: {"messages": [{"role": "user", "content": IMAGE_TOKEN + u}, {"role": "assistant", "content": a}], "images": [im]}
+    files = {}
+    for stem, keep in (("Caption-training", lambda r: r["split"] == "train"), ("Caption_test", lambda r: r["split"] == "test" and r["style"] == "complex"),
+                       ("Caption_test1", lambda r: r["split"] == "test" and r["style"] == "concise")):
+        rs = [r for r in caps if keep(r)]
+        files[f"Text/caption/{stem}.csv"] = write_csv_records(out/"Text"/"caption"/f"{stem}.csv", rs, ("image", "caption"))
+        write_json_records(out/"Text"/"caption"/f"{stem}.json", [msg(r["image"], caption_prompt(), r["caption"]) for r in rs])
+    for sp in ("train", "test"):
+        for name, src in (("SARVQA1", "sardet"), ("SARVQA2", "paired")):
+            rs = [r for r in vqa if r["split"] == sp and r["source"] == src]
+            base = out/"Text"/"VQA"/sp/f"{name}_{sp}"
+            files[f"Text/VQA/{sp}/{name}_{sp}.json"] = write_json_records(base.with_suffix(".json"), [msg(r["image"], vqa_prompt(r["question"]), r["answer"]) for r in rs])
+            write_csv_records(base.with_suffix(".csv"), rs, ("image", "question", "answer"))
+    return files
+
+# %% ../nbs/03_synthetic.ipynb #b7ffb8a9
+def write_release_fixture(out,                 # the data root to write (must not hold a release yet)
+                          n_scenes:int=24,     # scenes of the synthetic world behind it
+                          seed:int=0,          # random seed: same arguments -> the same files
+                          size:int=128,        # image side in pixels
+                          overwrite:bool=False): # replace a release already in `out`
+    "Write a small data root laid out exactly like the published SARLANG-1M release; returns `{file: records}`."
+    import tempfile, shutil
+    out = Path(out)
+    if (out/"Text").exists() and not overwrite: raise SarlangError("already holds a Text/ folder; pass overwrite=True (--overwrite) to replace it", out)
+    for sub in ("Text", "SARimages"): shutil.rmtree(out/sub, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as d:
+        build_world(d, n_scenes, seed, size, paired_fraction=0.5, show_progress=False)
+        scenes = load_scenes(d)
+        ks = {"sardet": 0, "paired": 0}; names = {}
+        for s in scenes:
+            names[s["id"]] = release_image_name(s, ks[s["source"]]); ks[s["source"]] += 1
+            disp = Image.open(Path(d)/s["files"]["sar_display"])
+            dst = out/"SARimages"/names[s["id"]]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            disp.save(dst, quality=95) if dst.suffix == ".jpg" else disp.save(dst)
+            if s["source"] == "paired": shutil.copyfile(Path(d)/s["files"]["sar_raw"], dst.with_suffix(".tif"))
+        caps, vqa = _fixture_records(scenes, names, seed)
+    return _write_fixture_text(out, caps, vqa)
+
 # %% ../nbs/03_synthetic.ipynb #0a480934
 def _parse_balance(s):
     "'ship=2,car=0.5' -> {'ship': 2.0, 'car': 0.5}"
@@ -722,12 +809,21 @@ def _parser():
     p.add_argument("--test-fraction", type=float, default=0.25, metavar="F", help="share of each subset in the test split (default 0.25)")
     p.add_argument("--overwrite", action="store_true", help="replace a different world already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--release-layout", action="store_true",
+                   help="write a small data root laid out like the published SARLANG-1M release instead (SARimages/ with "
+                        "city, SpaceNet-style and 7-digit SARDet names, .tif originals beside the .png, Text/caption and "
+                        "Text/VQA in CSV and JSON; no annotations, no optical images): the shape the paper profile reads")
     return p
 
 def main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-synth`."
     a = _parser().parse_args(argv)
     try:
+        if a.release_layout:
+            files = write_release_fixture(a.out, a.n_scenes, a.seed, a.size, overwrite=a.overwrite)
+            print(f"wrote a release-shaped data root to {a.out}: {len(list(Path(a.out, 'SARimages').iterdir()))} images, "
+                  + ", ".join(f"{Path(k).name} {v}" for k, v in files.items()))
+            return 0
         info = build_world(a.out, a.n_scenes, a.seed, a.size, a.enl, a.quad_pol, _parse_balance(a.class_balance),
                            a.paired_fraction, a.test_fraction, overwrite=a.overwrite, show_progress=False if a.quiet else None)
         _config_for(a.out, info["params"])
