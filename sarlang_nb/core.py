@@ -354,13 +354,26 @@ def models_to_run(self:RunDir):
     return [n for n in names if n not in skipped], skipped
 
 # %% ../nbs/00_core.ipynb #8b71ad1e
+_HELD = "SARLANG_HELD_STAGE_LOCKS"   # stage locks held by the process that started this one
+
+@patch
+@contextlib.contextmanager
+def stage_lock(self:RunDir,
+               stage:str): # the stage, e.g. "10_finetune"
+    "Hold the run's lock of `stage` while doing its work (not again when a `require` that started this process holds it)."
+    if stage in os.environ.get(_HELD, "").split(","): yield; return
+    with file_lock(self.path/f".lock-stage-{stage}"): yield
+
 def _run_required(rd, stage, nbs=None):
     "Run stage notebook `stage` into `rd` (smoke profile) as `sarlang-reproduce` would."
     from sarlang_nb.reproduce import stage_notebooks, run_stage
     hits = [nb for nb in stage_notebooks(nbs) if nb.stem == stage]
     if not hits: raise SarlangError(f"no stage notebook {stage}.ipynb to run (stages: {', '.join(nb.stem for nb in stage_notebooks(nbs))})")
     print(f"{rd.path.name}: running the required stage {stage} first", file=sys.stderr, flush=True)
-    run_stage(hits[0], rd.notebooks/hits[0].name, dict(run_dir=str(rd.path), profile="smoke"))
+    held = os.environ.get(_HELD, "")
+    os.environ[_HELD] = f"{held},{stage}"          # the stage's own notebook takes its lock: it is held for it here
+    try: run_stage(hits[0], rd.notebooks/hits[0].name, dict(run_dir=str(rd.path), profile="smoke"))
+    finally: os.environ[_HELD] = held
     if not rd.stage_complete(stage): raise SarlangError(f"stage {stage} ran but did not complete (no complete manifest)", rd.manifests/f"{stage}.json")
 
 @patch
@@ -375,7 +388,7 @@ def require(self:RunDir,
             if prof != "smoke":
                 raise SarlangError(f"this stage needs stage {s}, which has not completed in the run {self.path}: run it first, "
                                    f"e.g. `sarlang-reproduce --profile {prof} --run-dir {self.path} --stages {s} --resume`")
-            with file_lock(self.path/f".lock-stage-{s}"):
+            with self.stage_lock(s):
                 if not self.stage_complete(s): _run_required(self, s, nbs)
         out[s] = self.manifest(s)
     return out
