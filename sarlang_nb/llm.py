@@ -17,7 +17,8 @@ from .core import SarlangError, progress
 
 # %% auto #0
 __all__ = ['normalize_request', 'endpoint_id', 'request_key', 'redact_request', 'image_part', 'user_message', 'LLMCache',
-           'LLMResult', 'LLMClient', 'acomplete_many', 'complete_many', 'complete', 'last_user_text', 'ChatTestServer']
+           'LLMResult', 'check_base_url', 'LLMClient', 'acomplete_many', 'complete_many', 'complete', 'last_user_text',
+           'ChatTestServer']
 
 # %% ../nbs/00b_llm.ipynb #0f893182
 def normalize_request(item,                       # str (one user message), list of messages, or dict with "messages"
@@ -116,8 +117,10 @@ class LLMResult:
     value: Any = None           # `parse(text)` when a parse function was given and succeeded
     error: str|None = None      # None on success; else what went wrong
     cached: bool = False        # True when the reply came from the cache (no call made)
-    calls: int = 0              # HTTP calls made for this item
+    calls: int = 0              # HTTP requests the endpoint answered for this item (any status)
     key: str = ""               # the cache key
+    attempts: int = 0           # requests tried, answered or not (timeouts and connection failures too)
+    error_kind: str|None = None # the class of `error`: "HTTP 401", "HTTP 429", "HTTP 5xx", "timeout", "connection", "malformed reply", "invalid reply", "bad request"
     @property
     def ok(self): return self.error is None
 
@@ -127,6 +130,22 @@ def _retry_after(exc): # an openai exception
     "Seconds from a Retry-After header, if any."
     try: return float(exc.response.headers.get("retry-after"))
     except Exception: return None
+
+def check_base_url(url:str|None,          # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None: OpenAI)
+                   flag:str="--base-url"): # where the value came from, for the message
+    "`url` when it is a usable http(s) base URL (or None); otherwise a `SarlangError` saying what is wrong with it."
+    if url is None: return None
+    bad = lambda why: SarlangError(f"{flag} {url!r} is not a usable base URL: {why} (expected e.g. http://127.0.0.1:8000/v1)")
+    if not isinstance(url, str) or not url.strip(): raise bad("empty")
+    try:
+        u = urlparse(url.strip())
+        port = u.port                       # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as e: raise bad(f"not a valid URL ({e}); a port must be a number from 1 to 65535") from None
+    if u.scheme not in ("http", "https"): raise bad(f"the scheme must be http or https, not {u.scheme or 'missing'!r}")
+    if not u.hostname: raise bad("no host name")
+    if port == 0: raise bad("port 0; a port must be a number from 1 to 65535")
+    return url.strip()
+
 
 # %% ../nbs/00b_llm.ipynb #5ee0e63e
 class LLMClient:
@@ -147,7 +166,7 @@ class LLMClient:
                  progress:bool|None=None):      # show a progress bar (None: unless SARLANG_PROGRESS=0)
         if concurrency < 1: raise SarlangError(f"concurrency must be >= 1, not {concurrency}")
         self.model, self.concurrency, self.max_retries, self.timeout = model, int(concurrency), int(max_retries), float(timeout)
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.base_url = check_base_url(base_url) if base_url else check_base_url(os.environ.get("OPENAI_BASE_URL") or None, "OPENAI_BASE_URL")
         self.backoff, self.max_backoff, self.invalid_retries = float(backoff), float(max_backoff), int(invalid_retries)
         self.defaults = {"temperature": temperature, "max_tokens": max_tokens}
         self.api_key_env, self.progress = api_key_env, progress
@@ -174,12 +193,16 @@ class LLMClient:
         if ra is not None: return min(max(ra, 0.0), self.max_backoff)
         return min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random()/2)
 
+
 # %% ../nbs/00b_llm.ipynb #3ec61ecc
 def _valid(text, parse): # a reply; the caller's parse function or None
     "Whether `parse` accepts the reply (True without a parse function)."
     if parse is None: return True
     try: parse(text); return True
     except ValueError: return False
+
+def _status_kind(code:int): # an HTTP status
+    return f"HTTP {code}" if code < 500 else "HTTP 5xx"
 
 async def _one(self:LLMClient, req, key, sem, slots, get_client, parse):
     "Answer one normalised request with cache key `key` (never raises for the item's own failure)."
@@ -192,24 +215,30 @@ async def _one(self:LLMClient, req, key, sem, slots, get_client, parse):
         return _parsed(self, res, parse)
     attempt, invalid = 0, 0
     while True:
-        err, exc, retryable = None, None, True
+        err, exc, retryable, kind, answered = None, None, True, None, True
         async with sem:
             slot = slots.pop()
             try:
                 client = get_client(slot)
-                self.stats["calls"] += 1; res.calls += 1
+                self.stats["attempts"] += 1; res.attempts += 1
                 data = await client.post("/chat/completions", body={"model": self.model, **req}, cast_to=object)
                 text = _content(data)
-                if text is None: err = f"malformed reply (no message content): {str(data)[:120]!r}"
-            except openai.RateLimitError as e: err, exc = f"HTTP 429 rate limited", e
-            except openai.APITimeoutError as e: err = f"timeout after {self.timeout:g} s"
-            except openai.APIConnectionError as e: err = f"connection error: {e}"
+                if text is None: err, kind = f"malformed reply (no message content): {str(data)[:120]!r}", "malformed reply"
+            except openai.RateLimitError as e: err, exc, kind = f"HTTP 429 rate limited", e, "HTTP 429"
+            except openai.APITimeoutError as e:
+                err, kind, answered = f"timeout after {self.timeout:g} s", "timeout", False
+                self.stats["timeouts"] += 1
+            except openai.APIConnectionError as e:
+                err, kind, answered = f"connection error: {e}", "connection", False
+                self.stats["connection_errors"] += 1
             except openai.APIStatusError as e:
-                err, exc = f"HTTP {e.status_code}: {str(e)[:200]}", e
+                err, exc, kind = f"HTTP {e.status_code}: {str(e)[:200]}", e, _status_kind(e.status_code)
                 retryable = e.status_code >= 500 or e.status_code in (408, 409)
             except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-                err = f"malformed reply: {type(e).__name__}: {str(e)[:120]}"
-            finally: slots.append(slot)
+                err, kind = f"malformed reply: {type(e).__name__}: {str(e)[:120]}", "malformed reply"
+            finally:
+                slots.append(slot)
+                if answered: self.stats["calls"] += 1; res.calls += 1   # only requests the endpoint answered
         if err is None:
             ok = _valid(text, parse)
             if not ok and invalid < self.invalid_retries:
@@ -220,7 +249,8 @@ async def _one(self:LLMClient, req, key, sem, slots, get_client, parse):
             return _parsed(self, res, parse)
         if not retryable or attempt >= self.max_retries:
             self.stats["errors"] += 1
-            res.error = err if not retryable else f"{err} (gave up after {attempt + 1} calls)"
+            res.error = err if not retryable else f"{err} (gave up after {attempt + 1} tries)"
+            res.error_kind = kind
             return res
         self.stats["retries"] += 1
         await asyncio.sleep(self._sleep_for(attempt, exc))
@@ -240,8 +270,9 @@ def _parsed(self, res, parse):
         try: res.value = parse(res.text)
         except ValueError as e:
             self.stats["invalid"] += 1
-            res.error = f"invalid reply: {str(e)[:200]}"
+            res.error, res.error_kind = f"invalid reply: {str(e)[:200]}", "invalid reply"
     return res
+
 
 # %% ../nbs/00b_llm.ipynb #c4b44909
 _SLOTS_PER_CLIENT = 8
@@ -261,7 +292,7 @@ async def acomplete_many(self:LLMClient,
     out, first, copies = [None]*len(items), {}, []   # first: key -> (index, request); copies: (index, index of its first)
     for i, it in enumerate(items):
         try: req = normalize_request(it, self.defaults)
-        except SarlangError as e: out[i] = LLMResult(error=f"bad request: {e}"); continue
+        except SarlangError as e: out[i] = LLMResult(error=f"bad request: {e}", error_kind="bad request"); continue
         key = request_key(self.model, req, self.base_url)
         if key in first: copies.append((i, first[key][0]))
         else: first[key] = (i, req)
@@ -277,7 +308,7 @@ async def acomplete_many(self:LLMClient,
             raise
     finally:
         for c in holder.values(): await c.close()
-    for i, j in copies: out[i] = replace(out[j], calls=0)
+    for i, j in copies: out[i] = replace(out[j], calls=0, attempts=0)
     return out
 
 def complete_many(self:LLMClient, items:list, parse=None, desc:str="LLM"): # see `acomplete_many`

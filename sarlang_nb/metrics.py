@@ -10,16 +10,17 @@ import os, re, sys, csv, json, io, math, time, argparse, contextlib, shutil, tem
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from .core import SarlangError, write_json, atomic_writer, read_json, open_run, progress, open_text, check_output_file
-from .llm import LLMClient
+from .llm import LLMClient, check_base_url
 from .formats import (iter_json_records, read_vqa_result, guess_application, strip_image_tokens,
                                 iter_captions, CAPTION_PROMPT, APPLICATIONS)
 
 # %% auto #0
-__all__ = ['CAPTION_KEYS', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'row_kind', 'read_caption_items',
-           'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'captions_main', 'question_from_prompt',
-           'vqa_rows_from_records', 'read_vqa_rows', 'normalize_answer', 'rule_judgement', 'judge_request',
-           'parse_judge', 'default_cache', 'judge_client', 'evaluate_vqa', 'vqa_table', 'plot_accuracy', 'vqa_main',
-           'evaluate_run']
+__all__ = ['CAPTION_KEYS', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'REQUIRES', 'row_kind',
+           'read_caption_items', 'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'captions_main',
+           'question_from_prompt', 'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer',
+           'rule_judgement', 'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa',
+           'metric_line', 'vqa_table', 'plot_accuracy', 'judge_failure_message', 'vqa_main', 'evaluate_run',
+           'run_stage']
 
 # %% ../nbs/12_metrics.ipynb #2b6ac3e5
 def _need_text(v, what, path, row, empty_ok=False):
@@ -28,6 +29,11 @@ def _need_text(v, what, path, row, empty_ok=False):
     if not isinstance(v, str): raise SarlangError(f"{what!r} must be a string, got {type(v).__name__} {v!r:.60}", path, row)
     if not empty_ok and not v.strip(): raise SarlangError(f"empty {what!r}", path, row)
     return v
+
+def _row_error(r): # a prediction record
+    "The error `sarlang-infer` recorded for a row it could not answer, or None."
+    e = r.get("error")
+    return str(e) if e not in (None, "", False) else None
 
 def _image_key(image): # an image path or id
     "Images are matched by file name without extension (`SARimages/0000001.png` ~ `0000001.jpg` ~ `0000001`)."
@@ -66,7 +72,7 @@ def _file_refs(path):
 def read_caption_items(pred,         # predictions: prediction rows (.jsonl/.json) or COCO results (.json)
                        refs=None,    # optional references: COCO captions json, or a release caption file
                        allow_empty:bool=False): # score empty predictions (as empty strings) instead of refusing them
-    "The items to score: dicts with id, image, predict, refs (list), row, fmt ('rows' or 'coco')."
+    "The items to score: dicts with id, image, predict, refs (list), row, fmt ('rows' or 'coco'); rows marked failed by `sarlang-infer` are counted (`failed`), not scored."
     pred = Path(pred)
     records = list(iter_json_records(pred))
     if not records: raise SarlangError("no predictions in the file", pred)
@@ -78,10 +84,11 @@ def read_caption_items(pred,         # predictions: prediction rows (.jsonl/.jso
             with open_text(refs) as f:
                 if '"annotations"' in f.read(1 << 20): coco_refs = _coco_refs(refs)
         if coco_refs is None: file_refs = _file_refs(refs)
-    items, seen, skipped = [], {}, 0
+    items, seen, skipped, failed = [], {}, 0, 0
     for row, r in records:
         if not isinstance(r, dict): raise SarlangError(f"a prediction must be a JSON object, got {type(r).__name__}", pred, row)
         if row_kind(r) == "vqa": skipped += 1; continue
+        if _row_error(r): failed += 1; continue                # sarlang-infer could not answer it: counted, not scored
         if "predict" in r or "label" in r:                      # LLaMA-Factory / authors' rows
             p = _need_text(r.get("predict"), "predict", pred, row, empty_ok=allow_empty)
             image = r.get("image") if isinstance(r.get("image"), str) else None
@@ -103,9 +110,10 @@ def read_caption_items(pred,         # predictions: prediction rows (.jsonl/.jso
         if k in seen: raise SarlangError(f"image {key!r} is predicted twice (first at row {seen[k]})", pred, row)
         seen[k] = row
         items.append(dict(id=k, image=image or str(key), predict=p, refs=list(src[k]), row=row, fmt=fmt))
-    if not items: raise SarlangError(f"no caption rows in the file ({skipped} VQA rows skipped)", pred)
-    for it in items: it["skipped"] = skipped
+    if not items: raise SarlangError(f"no caption rows in the file ({skipped} VQA rows skipped" + (f", {failed} failed at inference" if failed else "") + ")", pred)
+    for it in items: it["skipped"], it["failed"] = skipped, failed
     return items
+
 
 # %% ../nbs/12_metrics.ipynb #e9009549
 CAPTION_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -179,7 +187,7 @@ def evaluate_captions(pred,                   # prediction file (see `read_capti
     summary, per = caption_scores(items, tokenize, meteor)
     summary = {**summary, "predictions": str(pred), **({"references": str(refs)} if refs else {}),
                "refs_per_item": round(sum(len(i["refs"]) for i in items)/len(items), 3),
-               "empty_predictions": sum(not i["predict"].strip() for i in items), "skipped_rows": items[0]["skipped"]}
+               "empty_predictions": sum(not i["predict"].strip() for i in items), "skipped_rows": items[0]["skipped"], "failed_rows": items[0]["failed"]}
     if json_out: write_json(json_out, summary)
     if per_sample:
         keys = [k for k in CAPTION_KEYS if k in per[0]]
@@ -230,12 +238,13 @@ def question_from_prompt(prompt:str): # LLaMA-Factory's `prompt` (templated) or 
 
 def vqa_rows_from_records(records, # iterable of (row, dict) with predict/label (LLaMA-Factory or ours)
                           path=None): # the file, for error messages
-    "VQA rows (row, image, question, gt, predict, application, qtype, guessed) from prediction records."
+    "VQA rows (row, image, question, gt, predict, application, qtype, guessed, error) from prediction records."
     out = []
     for row, r in records:
         if not isinstance(r, dict): raise SarlangError(f"a prediction must be a JSON object, got {type(r).__name__}", path, row)
         if row_kind(r) == "caption": continue
-        p = _need_text(r.get("predict"), "predict", path, row, empty_ok=True)
+        err = _row_error(r)
+        p = _need_text(r.get("predict", "" if err else None), "predict", path, row, empty_ok=True)
         gt = _need_text(r.get("label", r.get("GT", r.get("answer"))), "label", path, row)
         q = r.get("question")
         if q is None or q == "":
@@ -245,13 +254,37 @@ def vqa_rows_from_records(records, # iterable of (row, dict) with predict/label 
         app = r.get("application")
         out.append(dict(row=row, image=r.get("image") if isinstance(r.get("image"), str) else "", question=q, gt=gt, predict=p,
                         application=app if isinstance(app, str) and app else guess_application(q, gt),
-                        guessed=not (isinstance(app, str) and app), qtype=r.get("qtype") or ""))
+                        guessed=not (isinstance(app, str) and app), qtype=r.get("qtype") or "", failed=err))
     return out
 
+def _looks_like_a_row(line:str, ncols:int): # one physical line; the file's column count
+    "Whether a line would parse as a whole CSV row of its own (an image-like first field and `ncols` fields)."
+    try: vals = next(csv.reader([line]))
+    except (csv.Error, StopIteration): return False
+    return len(vals) == ncols and bool(re.search(r"\.(png|jpe?g|bmp|tiff?)$", vals[0].strip(), re.I))
+
+def check_csv_quotes(path,          # a CSV file
+                     ncols:int=4):  # its column count (VQA_result.csv: 4)
+    "Refuse a CSV whose quoted field runs over lines that look like rows of their own (an unbalanced quote), naming the row."
+    with open_text(path, newline="") as f:
+        rd, prev = csv.reader(f), 0
+        try:
+            for rec, vals in enumerate(rd, 1):
+                if rd.line_num - prev > 1:
+                    for v in vals:
+                        eaten = [l for l in v.splitlines()[1:] if _looks_like_a_row(l, ncols)]
+                        if eaten:
+                            raise SarlangError(f"an unbalanced quote: a quoted field starting on line {prev + 1} runs on to line {rd.line_num} "
+                                               f"and swallows {len(eaten)} line(s) that look like rows of their own (first: {eaten[0][:60]!r}); "
+                                               "close the quote or quote the field as a whole", path, rec)
+                prev = rd.line_num
+        except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, rd.line_num) from None
+
 def read_vqa_rows(path): # generated_predictions.jsonl / .json, or the authors' VQA_result.csv
-    "The VQA rows of a prediction file (caption rows skipped)."
+    "The VQA rows of a prediction file (caption rows skipped; rows `sarlang-infer` marked failed kept, with `failed` set)."
     path = Path(path)
     if path.suffix.lower() == ".csv":
+        if path.is_file(): check_csv_quotes(path)
         recs = [(i, {"image": r["image"], "predict": r["predict"], "question": r["question"], "GT": r["GT"]})
                 for i, r in enumerate(read_vqa_result(path), 1)]
         n_all = len(recs)
@@ -261,6 +294,7 @@ def read_vqa_rows(path): # generated_predictions.jsonl / .json, or the authors' 
     if not rows: raise SarlangError(f"no VQA rows in the file ({n_all} caption rows skipped)" if n_all else "no predictions in the file", path)
     for r in rows: r["skipped"] = n_all - len(rows)
     return rows
+
 
 # %% ../nbs/12_metrics.ipynb #3b1c15b5
 JUDGE_PROMPT = ("Question: {q}\nGround Truth Answer: {gt}\nPredicted Answer: {pred}\nDoes the predicted answer match the "
@@ -285,24 +319,17 @@ def judge_request(q:str, gt:str, pred:str): # normalised question, ground truth,
     return {"messages": [{"role": "user", "content": [{"type": "text", "text": JUDGE_PROMPT.format(q=q, gt=gt, pred=pred)}]}],
             "max_tokens": 100}
 
-_POS, _NEG = ("yes", "match", "matches", "correct", "true", "same"), ("no", "not", "mismatch", "incorrect", "false", "different")
+_WRAP = "*_`'\"()[] \t\r\n"
 
 def parse_judge(text:str): # the judge's reply
-    "0 or 1 from a judge reply, read leniently where unambiguous; `ValueError` otherwise."
+    "0 or 1 from a judge reply that is a clear 0 or 1 (markup, quotes, one full stop and an `Answer:` label allowed); `ValueError` otherwise."
     if not isinstance(text, str): raise ValueError("no text")
-    t = text.strip().lower()
+    t = text.strip(_WRAP)
+    if t.lower().startswith("answer:"): t = t[7:].strip(_WRAP)
+    if t.endswith("."): t = t[:-1].strip(_WRAP)
     if t in ("0", "1"): return int(t)
-    nums = re.findall(r"\d+(?:\.\d+)?", t)
-    if nums:
-        vals = {float(n) for n in nums}
-        if vals <= {0.0, 1.0} and len(vals) == 1 and len(t) <= 40: return int(vals.pop())
-        raise ValueError(f"ambiguous judge reply {text[:60]!r}")
-    words = re.findall(r"[a-z']+", t)
-    if words and len(words) <= 8:
-        neg = any(w in _NEG or w.endswith("n't") for w in words)
-        if words[0] in _NEG and neg: return 0
-        if words[0] in _POS and not neg: return 1
-    raise ValueError(f"not a 0/1 judge reply: {text[:60]!r}")
+    raise ValueError(f"not a clear 0 or 1: {text[:60]!r}")
+
 
 # %% ../nbs/12_metrics.ipynb #7df98c2b
 JUDGES = ("official", "rules", "llm")
@@ -318,59 +345,107 @@ def judge_client(model:str="gpt-4o-mini", base_url=None, concurrency:int=32, cac
 
 def _group_stats(rows, key):
     g = defaultdict(lambda: [0, 0])
-    for r in rows: g[r.get(key) or "(none)"][0] += 1; g[r.get(key) or "(none)"][1] += r["correct"]
+    for r in rows:
+        if r["how"] == "failed": continue                       # not scored
+        g[r.get(key) or "(none)"][0] += 1; g[r.get(key) or "(none)"][1] += r["correct"]
     order = {a: i for i, a in enumerate(APPLICATIONS)}
     return {k: {"n": n, "correct": c, "accuracy": c/n} for k, (n, c) in sorted(g.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))}
+
+def _s(k, word): return f"{k} {word}{'' if k == 1 else 's'}"
+
+def caveat(rep:dict): # a report of `evaluate_vqa`
+    "What the accuracy of `rep` does not say by itself (rows unjudged, failed, skipped, duplicated), or None."
+    n, parts = rep["n"], []
+    if rep.get("llm_errors"):
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted((rep.get("judge_errors") or {}).items()))
+        parts.append(f"{rep['llm_errors']} of {_s(n, 'row')} got no judge reply ({kinds or 'errors'}) and count as wrong")
+    if rep.get("invalid"): parts.append(f"{rep['invalid']} of {_s(n, 'row')} got no clear 0/1 from the judge and count as wrong")
+    if rep.get("unjudged"): parts.append(f"{rep['unjudged']} of {_s(n, 'row')} left unjudged by the rules judge (no LLM) count as wrong")
+    if rep.get("failed_rows"):
+        parts.append(f"{_s(rep['failed_rows'], 'row')} failed at inference and {'is' if rep['failed_rows'] == 1 else 'are'} not scored "
+                     f"(counted as wrong: accuracy {rep['accuracy_failed_as_wrong']:.4f})")
+    if rep.get("skipped_rows"): parts.append(f"{_s(rep['skipped_rows'], 'caption row')} skipped")
+    if rep.get("duplicate_rows"): parts.append(f"{_s(rep['duplicate_rows'], 'duplicate row')}, each scored")
+    return "; ".join(parts) or None
 
 def evaluate_vqa(rows:list,                # from `read_vqa_rows`
                  judge:str="official",     # "official", "rules" or "llm"
                  client:LLMClient|None=None, # the judge client (default: `judge_client()`), unused by "rules"
                  by:str|None="application"): # group the accuracy by this row key ("application", "qtype"); None: no groups
-    "`(report, per_row)`: accuracy and counts (overall and per group), and each row with `correct` and `how`."
+    "`(report, per_row)`: accuracy and counts (overall and per group), and each row with `correct`, `how` and `error`."
     if judge not in JUDGES: raise SarlangError(f"judge must be one of {JUDGES}, not {judge!r}")
-    per, ask = [], {}
+    per, ask, seen, dups = [], {}, {}, []
     for r in rows:
+        k = (r.get("file"), r.get("image"), r["question"], r["gt"], r["predict"])
+        if k in seen: dups.append([r.get("row"), seen[k]])
+        else: seen[k] = r.get("row")
+        if r.get("failed"):                                      # sarlang-infer could not answer it: not a wrong answer
+            per.append({**r, "correct": "", "how": "failed", "judge_reply": "", "error": r["failed"]}); continue
         q, gt, p = normalize_answer(r["question"]), normalize_answer(r["gt"]), normalize_answer(r["predict"])
         c, how = rule_judgement(gt, p) if judge != "llm" else (None, None)
         if c is None and judge == "rules": c, how = 0, "unjudged"
-        o = {**r, "correct": c, "how": how, "judge_reply": ""}
+        o = {**r, "correct": c, "how": how, "judge_reply": "", "error": ""}
         if c is None: ask.setdefault((q, gt, p), []).append(o)
         per.append(o)
-    calls = hits = 0
+    calls = attempts = hits = 0
+    kinds = Counter()
     if ask:
         client = client or judge_client()
         before = Counter(client.stats)
         keys = list(ask)
         results = client.complete_many([judge_request(*k) for k in keys], parse=parse_judge, desc="VQA judge")
-        calls, hits = client.stats["calls"] - before["calls"], client.stats["cache_hits"] - before["cache_hits"]
+        calls, attempts, hits = (client.stats[s] - before[s] for s in ("calls", "attempts", "cache_hits"))
         for k, res in zip(keys, results):
             for o in ask[k]:
                 o["judge_reply"] = res.text or ""
                 if res.ok: o["correct"], o["how"] = int(res.value), "llm"
-                else: o["correct"], o["how"], o["judge_error"] = 0, ("invalid" if res.error.startswith("invalid reply") else "error"), res.error
+                else:
+                    bad = res.error_kind == "invalid reply"
+                    o["correct"], o["how"], o["error"] = 0, ("invalid" if bad else "error"), res.error
+                    if not bad: kinds[res.error_kind or "error"] += 1
     hw = Counter(o["how"] for o in per)
-    n, correct = len(per), sum(o["correct"] for o in per)
-    rep = {"accuracy": correct/n if n else 0.0, "n": n, "correct": correct, "judge": judge,
-           "judge_model": client.model if ask else None,
-           "judged_by_rules": hw["contains"] + hw["exact"], "judged_by_llm": hw["llm"], "invalid": hw["invalid"],
-           "llm_errors": hw["error"], "unjudged": hw["unjudged"], "llm_calls": calls, "cache_hits": hits,
+    scored = [o for o in per if o["how"] != "failed"]
+    n, correct = len(scored), sum(o["correct"] for o in scored)
+    rep = {"accuracy": correct/n if n else 0.0, "n": n, "correct": correct,
+           "llm_errors": hw["error"], "invalid": hw["invalid"], "unjudged": hw["unjudged"], "failed_rows": hw["failed"],
+           "skipped_rows": rows[0].get("skipped", 0) if rows else 0, "duplicate_rows": len(dups),
+           "caveat": None, "judge": judge, "judge_model": client.model if ask else None,
+           "judged_by_rules": hw["contains"] + hw["exact"], "judged_by_llm": hw["llm"], "judge_errors": dict(sorted(kinds.items())),
+           "llm_calls": calls, "llm_attempts": attempts, "cache_hits": hits,
+           "n_rows": len(per), "accuracy_failed_as_wrong": correct/len(per) if per else 0.0,
            "how": dict(sorted(hw.items())), "case": "lower-cased and stripped",
-           "application_guessed": sum(bool(o.get("guessed")) for o in per), "skipped_rows": per[0].get("skipped", 0) if per else 0}
+           "application_guessed": sum(bool(o.get("guessed")) for o in scored), "first_duplicates": dups[:10]}
+    rep["caveat"] = caveat(rep)
     if by:
         rep["by"] = by
         rep["per_group"] = _group_stats(per, by)
     return rep, per
 
+def metric_line(name:str, # the metric's name (e.g. its file name)
+                m:dict):  # a VQA report or a caption summary
+    "One line for a metric, its caveats beside the number: accuracy with n and the failed/unjudged/skipped counts, or BLEU-4/ROUGE_L/CIDEr."
+    if "accuracy" in m:
+        counts = [f"{m.get(k, 0)} {w}" for k, w in (("unjudged", "unjudged"), ("llm_errors", "judge errors"), ("invalid", "invalid judge replies"),
+                                                      ("failed_rows", "failed at inference"), ("skipped_rows", "skipped"), ("duplicate_rows", "duplicates"))]
+        return f"{name}: accuracy {m['accuracy']:.4f} ({m['correct']}/{m['n']}; " + ", ".join(counts) + ")"
+    vals = ", ".join(f"{k} {m[k]:.4f}" for k in ("Bleu_4", "ROUGE_L", "CIDEr") if k in m)
+    return (f"{name}: {vals} (n {m.get('n')}; {m.get('empty_predictions', 0)} empty predictions, {m.get('failed_rows', 0)} failed at inference, "
+            f"{m.get('skipped_rows', 0)} skipped)")
+
 def vqa_table(rep:dict): # a report of `evaluate_vqa`
-    "The report as a fixed-width text table (per group, then overall)."
+    "The report as a fixed-width text table (per group, then overall), with every count that qualifies the accuracy."
     groups = rep.get("per_group", {})
     w = max([len(rep.get("by") or ""), 7, *map(len, groups)])
     lines = [f"{(rep.get('by') or 'group'):<{w}}  {'n':>7}  {'correct':>7}  {'accuracy':>8}"]
     for k, v in groups.items(): lines.append(f"{k:<{w}}  {v['n']:>7}  {v['correct']:>7}  {v['accuracy']:>8.4f}")
     lines.append(f"{'overall':<{w}}  {rep['n']:>7}  {rep['correct']:>7}  {rep['accuracy']:>8.4f}")
     lines.append(f"judge {rep['judge']}: {rep['judged_by_rules']} by rules, {rep['judged_by_llm']} by the LLM, {rep['invalid']} invalid, "
-                 f"{rep['llm_errors']} errors, {rep['unjudged']} unjudged; {rep['llm_calls']} LLM calls, {rep['cache_hits']} from the cache")
+                 f"{rep['llm_errors']} errors, {rep['unjudged']} unjudged; {rep.get('failed_rows', 0)} failed at inference (not scored), "
+                 f"{rep.get('skipped_rows', 0)} skipped, {rep.get('duplicate_rows', 0)} duplicate; "
+                 f"{rep['llm_calls']} LLM calls answered ({rep.get('llm_attempts', rep['llm_calls'])} tried), {rep['cache_hits']} from the cache")
+    if rep.get("caveat"): lines.append(f"NOTE: {rep['caveat']}")
     return "\n".join(lines)
+
 
 # %% ../nbs/12_metrics.ipynb #594bd5e8
 def plot_accuracy(reports:dict,  # {label: report of `evaluate_vqa`}, e.g. {"Qwen2-VL LoRA": rep, ...}
@@ -416,11 +491,43 @@ def _vqa_parser():
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
-PER_ROW_COLUMNS = ["row", "image", "application", "qtype", "question", "gt", "predict", "correct", "how", "judge_reply"]
+PER_ROW_COLUMNS = ["row", "image", "application", "qtype", "question", "gt", "predict", "correct", "how", "judge_reply", "error"]
+
+_HINTS = {"HTTP 401": "the endpoint refused the API key: check OPENAI_API_KEY (and the base URL)",
+          "HTTP 403": "the endpoint refused access: check the key's permissions and the model name",
+          "HTTP 404": "no such route or model at the endpoint: check the base URL (it ends in /v1) and the model",
+          "HTTP 400": "the endpoint rejected the request: check the model name",
+          "HTTP 429": "rate limited on every retry: lower --concurrency, raise --max-retries or --backoff",
+          "HTTP 5xx": "the endpoint kept failing: try again later",
+          "connection": "could not reach the endpoint: check the base URL and that the server is running",
+          "malformed reply": "the endpoint's replies are not chat completions: check the base URL"}
+
+def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
+                          cache=None,     # the judge's cache file (None: no cache)
+                          timeout=None):  # the judge's timeout in seconds, for the hint
+    "Why rows got no judgement and what a re-run will do, in words; None when every row was judged."
+    parts = []
+    if rep.get("llm_errors"):
+        why = []
+        for k, v in sorted((rep.get("judge_errors") or {}).items()):
+            hint = (f"no answer within the timeout ({timeout:g} s): raise --timeout or lower --concurrency" if timeout else
+                    "no answer within the timeout: raise --timeout or lower --concurrency") if k == "timeout" else _HINTS.get(k, "")
+            why.append(f"{k} x{v}" + (f" — {hint}" if hint else ""))
+        parts.append(f"{rep['llm_errors']} row(s) got no judge reply ({'; '.join(why) or 'errors'})")
+    if rep.get("invalid"):
+        parts.append(f"{rep['invalid']} row(s) got no clear 0 or 1 from the judge (see the judge_reply column)")
+    if not parts: return None
+    done = rep.get("judged_by_llm", 0)
+    tail = (f"the {done} judgement(s) received are cached in {cache}: a re-run asks only for the rows without one" if cache else
+            "nothing is cached (no cache in use): a re-run asks the judge for every row again")
+    return "; ".join(parts) + f". They count as wrong in this report; {tail}"
 
 def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-eval-vqa`."
     a = _vqa_parser().parse_args(argv)
+    try: check_base_url(a.base_url)
+    except SarlangError as e:
+        print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 2
     try:
         for f, flag in ((a.json, "--json"), (a.per_sample, "--per-sample")):   # before the judge calls, not after them
             if f: check_output_file(f, flag)
@@ -437,27 +544,36 @@ def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
         print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 1
     print(json.dumps(rep, indent=2))
     if not a.quiet: print(vqa_table(rep), file=sys.stderr)
-    if rep["llm_errors"]:
-        print(f"sarlang-eval-vqa: {rep['llm_errors']} row(s) got no judge reply; re-run to retry them (answers so far are cached)", file=sys.stderr)
+    if rep["duplicate_rows"]:
+        first = ", ".join(f"row {r} repeats row {f}" for r, f in rep["first_duplicates"][:3])
+        print(f"sarlang-eval-vqa: warning: {rep['duplicate_rows']} duplicate row(s) ({first}); each is scored", file=sys.stderr)
+    msg = judge_failure_message(rep, getattr(client, "cache", None) and client.cache.path, a.timeout)
+    if msg:
+        print(f"sarlang-eval-vqa: {msg}", file=sys.stderr)
         return 3
     return 0
 
+
 # %% ../nbs/12_metrics.ipynb #a4dad67e
+REQUIRES = ("11_inference",)
+
 def evaluate_run(rd,                        # a `RunDir`
                  judge:str="rules",         # VQA judge: "official", "rules" or "llm"
                  judge_model:str="gpt-4o-mini", # judge model
                  base_url=None,             # judge endpoint (None: $OPENAI_BASE_URL, else OpenAI)
                  concurrency:int=32,        # judge requests in flight
                  tokenize:str="official"):  # caption tokenisation
-    "Score every prediction file under `rd/predictions`; returns the metric files written."
-    outs, client = [], None
+    "Score every prediction file under `rd/predictions`; returns the metric files written. Raises (after writing them) when a judge failed."
+    outs, client, problems = [], None, []
     for pdir in sorted(p for p in (rd.path/"predictions").glob("*/*") if p.is_dir()):
         model, mode = pdir.parent.name, pdir.name
-        caps, vqa = defaultdict(list), []
+        caps, vqa, cap_failed = defaultdict(list), [], Counter()
         for f in sorted(pdir.glob("*.jsonl")):
             for row, r in iter_json_records(f):
                 kind = row_kind(r) if isinstance(r, dict) else None
-                if kind == "caption": caps[str(r.get("style") or "all")].append((f, row, r))
+                if kind == "caption":
+                    if _row_error(r): cap_failed[str(r.get("style") or "all")] += 1; continue
+                    caps[str(r.get("style") or "all")].append((f, row, r))
                 elif kind == "vqa": vqa.append((f, row, r))
         for style, recs in sorted(caps.items()):
             with tempfile.TemporaryDirectory() as t:   # through the file reader, so errors name the original rows
@@ -466,13 +582,17 @@ def evaluate_run(rd,                        # a `RunDir`
                 try: items = read_caption_items(tmp, allow_empty=True)
                 except SarlangError as e: raise SarlangError(e.msg, recs[(e.row or 1) - 1][0], recs[(e.row or 1) - 1][1]) from None
             s, per = caption_scores(items, tokenize)
-            s.update(model=model, mode=mode, style=style, empty_predictions=sum(not i["predict"].strip() for i in items), predictions=sorted({str(f.relative_to(rd.path)) for f, _, _ in recs}))
+            s.update(model=model, mode=mode, style=style, empty_predictions=sum(not i["predict"].strip() for i in items),
+                     failed_rows=cap_failed[style], predictions=sorted({str(f.relative_to(rd.path)) for f, _, _ in recs}))
+            if cap_failed[style]: s["caveat"] = f"{cap_failed[style]} caption row(s) failed at inference and are not scored"
             out = rd.metrics/f"captions_{model}_{mode}_{style}.json"
             outs.append(write_json(out, s))
             keys = [k for k in CAPTION_KEYS if k in per[0]]
             outs.append(write_per_sample_csv(out.with_suffix(".csv"), [{"file": str(f.relative_to(rd.path)), "row": row, "image": r.get("image") or "",
                 "predict": r.get("predict"), "reference": r.get("label"), **{k: round(p[k], 6) for k in keys}} for (f, row, r), p in zip(recs, per)],
                 ["file", "row", "image", "predict", "reference", *keys]))
+        for style in sorted(set(cap_failed) - set(caps)):
+            problems.append(f"{model}/{mode}: all {cap_failed[style]} '{style}' caption rows failed at inference: nothing to score")
         if vqa:
             rows = []
             for f, row, r in vqa: rows += [{**o, "file": str(f.relative_to(rd.path))} for o in vqa_rows_from_records([(row, r)], f)]
@@ -487,4 +607,28 @@ def evaluate_run(rd,                        # a `RunDir`
             out = rd.metrics/f"vqa_{model}_{mode}.json"
             outs.append(write_json(out, rep))
             outs.append(write_per_sample_csv(out.with_suffix(".csv"), per, ["file", *PER_ROW_COLUMNS]))
+            if rep["llm_errors"] or rep["invalid"]:
+                problems.append(f"{model}/{mode}: {rep['llm_errors'] + rep['invalid']} of {rep['n']} VQA rows got no judgement "
+                                f"({judge_failure_message(rep, client.cache.path if client.cache else None, client.timeout)})")
+    if not outs and not problems:
+        raise SarlangError(f"nothing to score: no caption or VQA prediction rows under {rd.path/'predictions'} (run stage 11_inference first)")
+    if problems:
+        raise SarlangError("the metrics are not complete, so the stage is not: " + " | ".join(problems) +
+                           f". The metric files are written under {rd.metrics} with these counts; fix the cause and re-run the stage")
     return outs
+
+def run_stage(rd,                          # a `RunDir`
+              judge:str|None=None,         # VQA judge: "official", "rules" or "llm"; None -> the run's config (smoke: rules)
+              judge_model:str="gpt-4o-mini", # the judge model
+              base_url=None,               # judge endpoint (None: $OPENAI_BASE_URL, else OpenAI)
+              concurrency:int=32,          # judge requests in flight
+              tokenize:str="official"):    # caption tokenisation: "official" or "coco"
+    "Stage 12: score every prediction folder of the run; the manifest is written only when every number is complete."
+    rd.require(*REQUIRES)
+    judge = judge or rd.config.get("judge", "rules")
+    check_base_url(base_url)
+    outputs = evaluate_run(rd, judge, judge_model, base_url, concurrency, tokenize)
+    shown = {o.name: metric_line(o.name, read_json(o)) for o in outputs if o.suffix == ".json"}
+    rd.write_manifest("12_metrics", outputs, judge=judge, tokenize=tokenize, metrics=shown)
+    return outputs
+

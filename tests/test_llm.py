@@ -139,3 +139,40 @@ def test_duplicate_items_asked_once(tmp_path):
     with ChatTestServer(reply=last_user_text) as srv:             # also without a cache
         res = LLMClient("m", srv.base_url).complete_many(["x", "x", 3, "x"])
         assert [r.text for r in res] == ["x", "x", None, "x"] and "bad request" in res[2].error and srv.requests == 1
+
+# ---------------------------------------------------------------- issue 17
+@pytest.mark.parametrize("url, says", [("http://127.0.0.1:99999/v1", "port"), ("http://127.0.0.1:abc/v1", "port"),
+                                       ("http://[bad", "not a valid URL"), ("ftp://example.com/v1", "http or https"),
+                                       ("localhost:8000/v1", "http or https"), ("http:///v1", "no host")])
+def test_malformed_base_url_is_a_clear_error(url, says):
+    with pytest.raises(SarlangError, match=says) as e: LLMClient("m", url)
+    assert "base URL" in str(e.value) and repr(url) in str(e.value)
+
+def test_malformed_base_url_from_the_environment_names_it(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:99999/v1")
+    with pytest.raises(SarlangError, match="OPENAI_BASE_URL"): LLMClient("m")
+
+def test_calls_count_only_requests_the_server_answered(tmp_path):
+    srv = ChatTestServer().start(); url = srv.base_url; srv.stop()      # nothing listens: nothing can be received
+    cl = LLMClient("m", url, max_retries=2, backoff=0.001)
+    r = cl.complete("x")
+    assert not r.ok and r.error_kind == "connection"
+    assert cl.stats["calls"] == 0 and r.calls == 0 and cl.stats["attempts"] == 3
+    with ChatTestServer(fault=lambda n, req: "hang" if n % 3 == 0 else ("500" if n % 3 == 1 else None), hang=0.6) as srv:
+        cl = LLMClient("m", srv.base_url, concurrency=16, max_retries=3, backoff=0.001, timeout=0.3)
+        res = cl.complete_many([f"q{i}" for i in range(40)])
+        time.sleep(0.5)                                                  # let the hung handlers register
+        assert cl.stats["calls"] <= srv.requests <= cl.stats["attempts"]
+        assert sum(r.calls for r in res) == cl.stats["calls"]
+        assert any(r.error_kind == "timeout" for r in res) or cl.stats["timeouts"] > 0
+
+def test_error_kind_names_the_cause():
+    with ChatTestServer(fault=lambda n, req: "401") as srv:
+        r = LLMClient("m", srv.base_url, backoff=0.001).complete("x")
+        assert r.error_kind == "HTTP 401" and "HTTP 401" in r.error
+    with ChatTestServer(fault=lambda n, req: "hang", hang=1.0) as srv:
+        r = LLMClient("m", srv.base_url, backoff=0.001, timeout=0.2, max_retries=0).complete("x")
+        assert r.error_kind == "timeout" and "timeout" in r.error
+    with ChatTestServer() as srv:
+        r = LLMClient("m", srv.base_url).complete("x", parse=lambda t: int(t))
+        assert r.error_kind == "invalid reply"

@@ -208,7 +208,7 @@ def test_junk_and_faults_never_crash(tmp_path):
     with ChatTestServer(reply=reply, p429=0.15, p500=0.15, pjunk=0.1, seed=4) as srv:
         code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--cache", tmp_path/"c.sqlite",
                                               "--per-sample", tmp_path/"per.csv", "--max-retries", 30, "--backoff", 0.005, "--quiet"])
-        assert code == 0, err
+        assert code == 3 and "no clear 0 or 1" in err, err          # invalid replies: a partial failure, said so
         rep = json.loads(out)
         assert srv.outcomes["429"] and srv.outcomes["500"] and srv.outcomes["junk"]
         assert rep["invalid"] > 0 and rep["judged_by_llm"] > 0 and rep["llm_errors"] == 0
@@ -218,7 +218,7 @@ def test_junk_and_faults_never_crash(tmp_path):
         n = srv.requests
         code, out, _ = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--cache", tmp_path/"c.sqlite", "--quiet",
                                             "--max-retries", 30, "--backoff", 0.005])
-        assert code == 0 and json.loads(out)["invalid"] == rep["invalid"]
+        assert code == 3 and json.loads(out)["invalid"] == rep["invalid"]
         prompt = lambda req: req["messages"][0]["content"][0]["text"]
         def invalid(req):
             try: M.parse_judge(reply(req)); return False
@@ -347,3 +347,119 @@ def test_mixed_files_each_reader_takes_its_rows(tmp_path):
     (tmp_path/"vqa_only.jsonl").write_text(json.dumps(rows[1]) + "\n")
     code, out, err = run_cli(M.captions_main, [tmp_path/"vqa_only.jsonl"])
     assert code == 1 and "no caption rows in the file (1 VQA rows skipped)" in err
+
+# ---------------------------------------------------------------- issue 17: numbers never published silently
+@pytest.mark.parametrize("reply", ["not 1", "1 - not a match", "1 or 0", "Yes", "no", "10", "1, 0", "0.5", "Answer: maybe 1", ""])
+def test_judge_reply_must_be_a_clear_0_or_1(reply):
+    with pytest.raises(ValueError): M.parse_judge(reply)
+
+@pytest.mark.parametrize("reply, value", [("1", 1), (" 0\n", 0), ("1.", 1), ("**1**", 1), ("`0`", 0), ('"1"', 1)])
+def test_judge_reply_clear_forms(reply, value):
+    assert M.parse_judge(reply) == value
+
+def judge_needed_rows(n):
+    return [(f"SARimages/{i:07d}.png", f"class {i} beta", "What is the main land cover?", f"category {i} alpha") for i in range(n)]
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_judge_401_says_why_and_whether_cached(tmp_path, cache):
+    write_vqa_csv(tmp_path/"VQA_result.csv", [("a.png", "yes", "Is there a ship?", "yes"), *judge_needed_rows(5)])
+    with ChatTestServer(fault=lambda n, req: "401") as srv:
+        args = [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--quiet", "--json", tmp_path/"r.json", "--per-sample", tmp_path/"per.csv"]
+        args += ["--cache", tmp_path/"c.sqlite"] if cache else ["--no-cache"]
+        code, out, err = run_cli(M.vqa_main, args)
+    assert code == 3
+    assert "HTTP 401" in err and "5 row(s)" in err
+    if cache: assert "cached" in err and "not cached" not in err
+    else: assert "nothing is cached" in err and "answers so far are cached" not in err
+    rep = read_json(tmp_path/"r.json")
+    assert rep["llm_errors"] == 5 and rep["judge_errors"] == {"HTTP 401": 5} and rep["judged_by_llm"] == 0
+    assert "5 of 6 rows" in rep["caveat"]
+    per = list(csv.DictReader(open(tmp_path/"per.csv")))
+    assert "error" in per[0] and sum("HTTP 401" in r["error"] for r in per) == 5 and per[0]["error"] == ""
+
+def test_timeouts_say_why(tmp_path):
+    write_vqa_csv(tmp_path/"VQA_result.csv", judge_needed_rows(2))
+    with ChatTestServer(fault=lambda n, req: "hang", hang=1.0) as srv:
+        code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--quiet", "--no-cache",
+                                              "--timeout", 0.2, "--max-retries", 0])
+    assert code == 3 and "timeout" in err and "--timeout" in err
+
+def test_rows_failed_at_inference_are_counted_not_scored(tmp_path):
+    rows = [dict(question="How many ships?", predict="3", label="3"), dict(question="Is there a car?", predict="", label="no", error="image unreadable"),
+            dict(question="Is there a tank?", predict="yes", label="yes")]
+    (tmp_path/"p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"p.jsonl", "--judge", "rules", "--per-sample", tmp_path/"per.csv"])
+    assert code == 0, err
+    rep = json.loads(out)
+    assert (rep["n"], rep["correct"], rep["accuracy"], rep["failed_rows"]) == (2, 2, 1.0, 1)
+    assert rep["accuracy_failed_as_wrong"] == pytest.approx(2/3) and "1 row failed at inference" in rep["caveat"]
+    assert "1 failed" in err                                             # the table says it too
+    per = list(csv.DictReader(open(tmp_path/"per.csv")))
+    assert [(r["how"], r["error"]) for r in per] == [("contains", ""), ("failed", "image unreadable"), ("contains", "")]
+
+def test_unbalanced_quote_is_an_error_naming_the_row(tmp_path):
+    (tmp_path/"VQA_result.csv").write_text('a.png,yes,Is there a ship?,yes\nb.png,"no,Is there a car?,no\nc.png,2,How many?,2\n'
+                                           'd.png,3,How many?,3\ne.png,"x",What?,y\nf.png,yes,Is there?,yes\n')
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--judge", "rules"])
+    assert code == 1 and out == "" and "row 2" in err and "quote" in err, err
+    (tmp_path/"eof.csv").write_text('a.png,yes,Is there a ship?,yes\nb.png,"no,Is there a car?,no\nc.png,2,How many?,2\n')
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"eof.csv", "--judge", "rules"])
+    assert code == 1 and "row 2" in err and "quote" in err, err
+    write_vqa_csv(tmp_path/"ok.csv", [("a.png", "two\nlines, really", "What is it?", "two")])   # a quoted newline is fine
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"ok.csv", "--judge", "rules"])
+    assert code == 0 and json.loads(out)["n"] == 1, err
+
+def test_duplicate_rows_reported(tmp_path):
+    write_vqa_csv(tmp_path/"VQA_result.csv", [("a.png", "yes", "Is there a ship?", "yes"), ("b.png", "2", "How many?", "2"),
+                                              ("a.png", "yes", "Is there a ship?", "yes")])
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--judge", "rules"])
+    assert code == 0
+    rep = json.loads(out)
+    assert rep["duplicate_rows"] == 1 and rep["first_duplicates"] == [[3, 1]] and "duplicate" in err
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:abc/v1", "http://[bad"])
+def test_malformed_base_url_is_a_usage_error(tmp_path, url):
+    write_vqa_csv(tmp_path/"VQA_result.csv", judge_needed_rows(1))
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", url, "--no-cache"])
+    assert code == 2 and "--base-url" in err and "Traceback" not in err and out == ""
+
+def test_llm_calls_never_exceed_what_the_server_received(tmp_path):
+    write_vqa_csv(tmp_path/"VQA_result.csv", judge_needed_rows(60))
+    with ChatTestServer(reply=lambda req: "1", fault=lambda n, req: "hang" if n % 5 == 0 else None, hang=0.5) as srv:
+        code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", srv.base_url, "--quiet", "--no-cache",
+                                              "--concurrency", 32, "--timeout", 0.25, "--max-retries", 3, "--backoff", 0.001])
+        time.sleep(0.6)
+        rep = json.loads(out)
+        assert rep["llm_calls"] <= srv.requests <= rep["llm_attempts"] and rep["llm_calls"] < rep["llm_attempts"]
+
+def stage_run(tmp_path):
+    rd = RunDir(tmp_path/"run").create()
+    rd.write_manifest("11_inference", [])                            # the required stage, as if it had run
+    d = rd.predictions("qwen2-vl", "zero-shot"); d.mkdir(parents=True)
+    rows = [dict(prompt="<image>Question: What is the main land cover?. Answer the question concisely.", predict=f"class {i}", label=f"category {i}",
+                 image=f"SARimages/{i:07d}.png", question="What is the main land cover?", kind="vqa") for i in range(4)]
+    (d/"generated_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rd
+
+def test_stage_fails_when_the_judge_failed(tmp_path):
+    rd = stage_run(tmp_path)
+    with ChatTestServer(fault=lambda n, req: "401") as srv:
+        with pytest.raises(M.SarlangError, match="4 of 4 VQA rows got no judgement") as e:
+            M.run_stage(rd, judge="official", base_url=srv.base_url)
+    assert "HTTP 401" in str(e.value)
+    assert rd.manifest("12_metrics") is None and not rd.stage_complete("12_metrics")
+    m = read_json(rd.metrics/"vqa_qwen2-vl_zero-shot.json")          # the metric file is there to read, and says so
+    assert m["llm_errors"] == 4 and "4 of 4 rows" in m["caveat"]
+    with ChatTestServer(reply=lambda req: "1") as srv:                # the judge back: the stage completes
+        outs = M.run_stage(rd, judge="official", base_url=srv.base_url)
+    assert rd.stage_complete("12_metrics") and read_json(rd.metrics/"vqa_qwen2-vl_zero-shot.json")["accuracy"] == 1.0 and outs
+
+def test_stage_on_an_empty_run_fails(tmp_path):
+    rd = RunDir(tmp_path/"run").create(); rd.write_manifest("11_inference", [])
+    with pytest.raises(M.SarlangError, match="nothing to score"): M.run_stage(rd, judge="rules")
+    assert rd.manifest("12_metrics") is None
+
+def test_metric_line_shows_the_counts():
+    rep = dict(accuracy=0.5, n=4, correct=2, judge="rules", unjudged=1, llm_errors=0, invalid=0, failed_rows=2, skipped_rows=3, duplicate_rows=0)
+    line = M.metric_line("vqa_x.json", rep)
+    assert "accuracy 0.5000" in line and "1 unjudged" in line and "2 failed" in line and "3 skipped" in line
