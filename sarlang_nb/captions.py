@@ -21,7 +21,7 @@ __all__ = ['NUMBER_WORDS', 'COMPASS', 'STYLES', 'CAPTION_PROMPTS', 'INQUIRY_TYPE
            'MetadataCaptioner', 'OpenAICaptioner', 'HFCaptioner', 'tiny_blip', 'run_captions', 'parse_inquiries',
            'metadata_inquiries', 'OpenAIInquirer', 'MetadataInquirer', 'run_inquiries', 'remove_colours', 'QCConfig',
            'qc_caption', 'QCReport', 'quality_control', 'record_stats', 'write_stats', 'make_captioner', 'stage_jobs',
-           'run_captions_stage']
+           'run_captions_stage', 'describe_release_text', 'run_stage']
 
 # %% ../nbs/06_captions.ipynb #89161a1c
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
@@ -620,24 +620,33 @@ def make_captioner(spec:str, rd=None, model:str="gpt-4o", base_url:str|None=None
     if spec.startswith("hf:"): return HFCaptioner(spec[3:], root=rd.path if rd is not None else None)
     raise SarlangError(f"unknown captioner {spec!r}: use 'offline', 'openai' or 'hf:<local model folder>'")
 
-def stage_jobs(rd, profile:str="smoke") -> list: # a RunDir; the profile
-    "The caption jobs of a run: the synthetic world's paired scenes (smoke) or the RGB/SAR pairs under data_root (paper)."
+def stage_jobs(rd,                 # a RunDir
+               profile:str="smoke", # the run's profile
+               rgb_images=None):   # paper profile, rebuild workflow: the folder of paired optical images (None: data_root/RGBimages)
+    "The caption jobs of a run: the synthetic world's paired scenes (smoke) or the RGB/SAR pairs of the sources (paper)."
     if profile != "paper":
-        from sarlang_nb.synthetic import ensure_world, load_scenes
-        ensure_world(rd)
+        from sarlang_nb.synthetic import load_scenes
+        rd.require("03_synthetic")
         return [CaptionJob(s["id"], f"SARimages/{s['id']}.png", f"RGBimages/{s['id']}.png", "paired", s.get("split"), s)
                 for s in load_scenes(rd) if s.get("source") == "paired"]
     dr = Path(rd.config.get("data_root") or "")
-    if not (dr/"RGBimages").is_dir(): raise SarlangError("the paper profile needs data_root with RGBimages/ and SARimages/", dr)
+    rgb = Path(rgb_images) if rgb_images else dr/"RGBimages"
+    if not rgb.is_dir(): raise SarlangError("the rebuild workflow captions paired optical images: give their folder with --param rgb_images=DIR "
+                                            "(image stems matching the SAR images under data_root/SARimages)", rgb)
     sar = {p.stem: p for p in (dr/"SARimages").glob("*") if p.is_file()}
-    return [CaptionJob(p.stem, f"SARimages/{sar[p.stem].name}", str(p), "paired") for p in sorted((dr/"RGBimages").glob("*"))
+    return [CaptionJob(p.stem, f"SARimages/{sar[p.stem].name}", str(p), "paired") for p in sorted(rgb.glob("*"))
             if p.is_file() and p.stem in sar]
 
-def run_captions_stage(rd, profile:str="smoke", captioner:str|None=None, model:str="gpt-4o",
-                       base_url:str|None=None, qc:QCConfig|None=None) -> dict:
-    "Captions, inquiries, QC, statistics and the `06_captions` manifest of a run."
+def run_captions_stage(rd,                    # a RunDir
+                       profile:str="smoke",   # the run's profile
+                       captioner:str|None=None, # "offline", "openai" or "hf:<folder>" (None: the run's config)
+                       model:str="gpt-4o",    # the OpenAI-compatible captioning model
+                       base_url:str|None=None, # its endpoint (None: $OPENAI_BASE_URL, else OpenAI)
+                       qc:QCConfig|None=None, # the quality-control rules
+                       rgb_images=None) -> dict: # paper rebuild: the folder of paired optical images
+    "Rebuild workflow: captions, inquiries, QC, statistics and the `06_captions` manifest of a run."
     cfg = rd.config
-    jobs = stage_jobs(rd, profile)
+    jobs = stage_jobs(rd, profile, rgb_images)
     spec = captioner or cfg.get("captioner", "offline")
     if captioner is None and (cfg.get("model_paths") or {}).get("captioner"): spec = "hf:" + cfg["model_paths"]["captioner"]
     cap = make_captioner(spec, rd, model, base_url)
@@ -658,6 +667,30 @@ def run_captions_stage(rd, profile:str="smoke", captioner:str|None=None, model:s
         allrecs = [*kc, *ki] + (list(read_jsonl(recs_dir/"vqa.jsonl")) if (recs_dir/"vqa.jsonl").exists() else [])
         files = write_stats(record_stats(allrecs), rd)
     outs = [recs_dir/"captions.jsonl", recs_dir/"inquiries.jsonl", rd.tables/"qc_report.json", *files]
-    rd.write_manifest("06_captions", outs, captioner=cap.name, n_jobs=len(jobs), n_captions=len(kc), n_inquiries=len(ki),
+    rd.write_manifest("06_captions", outs, workflow="rebuild", data=rd.provenance, captioner=cap.name, n_jobs=len(jobs), n_captions=len(kc), n_inquiries=len(ki),
                       caption_errors=len(sc["errors"]), inquiry_errors=len(si["errors"]), qc=report["captions"]["kinds"])
     return report
+
+# %% ../nbs/06_captions.ipynb #772c8ea3
+def describe_release_text(rd): # a RunDir whose data_root is the release
+    "Release workflow: Table 4 / Fig. 4 of the release's captions and VQA, and the `06_captions` manifest."
+    from sarlang_nb.formats import iter_release
+    root = Path(rd.config["data_root"])
+    caps = list(progress(iter_release(root, "captions", check_images=True), "release captions", unit="rec"))
+    if not caps: raise SarlangError("no caption files in the release (expected Text/caption/Caption-training.csv, Caption_test.csv, Caption_test1.csv)", root/"Text"/"caption")
+    vqa = list(progress(iter_release(root, "vqa"), "release VQA", unit="rec"))
+    files = write_stats(record_stats([*caps, *vqa]), rd)
+    styles = Counter(r.get("style") or "unknown" for r in caps)
+    rd.write_manifest("06_captions", files, workflow="release", data="release", n_captions=len(caps), n_vqa=len(vqa), styles=dict(styles))
+    return rd.manifest("06_captions")
+
+def run_stage(rd,                     # a RunDir
+              captioner:str|None=None, # rebuild: "offline", "openai" or "hf:<folder>" (None: the run's config)
+              caption_model:str="gpt-4o", # rebuild: the OpenAI-compatible captioning model
+              base_url:str|None=None, # rebuild: its endpoint
+              colour_mode:str="remove", # rebuild: QC of colour words, "remove" or "drop"
+              rgb_images=None):       # paper rebuild: the folder of paired optical images
+    "Stage 06: describe the release's text (release workflow) or caption the paired images (rebuild); returns the manifest."
+    if rd.provenance == "release": return describe_release_text(rd)
+    run_captions_stage(rd, rd.config.get("profile", "smoke"), captioner, caption_model, base_url, QCConfig(colour=colour_mode), rgb_images)
+    return rd.manifest("06_captions")

@@ -16,9 +16,9 @@ from .models import load_vlm, record_example, MODELS
 from . import formats
 
 # %% auto #0
-__all__ = ['RECIPES', 'CKPT_REQUEST', 'read_records', 'load_examples', 'toy_dataset', 'SFTDataset', 'Collator', 'apply_lora',
-           'write_model_card', 'positive_int', 'positive_float', 'fraction', 'check_hparams', 'checkpoints',
-           'check_resume', 'finetune', 'load_finetuned', 'main', 'run_files', 'finetune_run']
+__all__ = ['RECIPES', 'CKPT_REQUEST', 'REQUIRES', 'read_records', 'load_examples', 'toy_dataset', 'SFTDataset', 'Collator',
+           'apply_lora', 'write_model_card', 'positive_int', 'positive_float', 'fraction', 'check_hparams',
+           'checkpoints', 'check_resume', 'finetune', 'load_finetuned', 'main', 'run_files', 'finetune_run']
 
 # %% ../nbs/10_finetune.ipynb #9910ed59
 RECIPES = {
@@ -399,18 +399,17 @@ def _in_ipython():
 if __name__ == "__main__" and not _in_ipython(): sys.exit(main())   # `python -m` / `torchrun -m` / `accelerate launch -m`
 
 # %% ../nbs/10_finetune.ipynb #f7013712
-def run_files(rd, split:str="train"): # a `core.RunDir`; "train" or "test"
-    "`(files, origin)`: the run's text files of `split` (VQA json + captions csv), or a toy set in `toy/` when there are none."
-    from sarlang_nb.core import file_lock
+REQUIRES = ("02_preprocess", "07_splits", "09_models")   # the images the models see; the text files in the release layout; the checked bases
+
+def run_files(rd,                # a `core.RunDir`
+              split:str="train"): # "train" or "test"
+    "`(files, provenance)`: the run's text files of `split` (VQA json + caption csv, written by `07_splits`) and what their data is."
+    rd.require("07_splits")
     vqa = sorted((rd.vqa/split).glob("*.json")) + sorted((rd.vqa/split).glob("*.jsonl"))
     caps = [rd.captions/"Caption-training.csv"] if split == "train" else [rd.captions/"Caption_test.csv", rd.captions/"Caption_test1.csv"]
     files = vqa + [c for c in caps if c.exists()]
-    if files: return files, "run"
-    with file_lock(rd.path/".lock-toy"):
-        if not (rd.path/"toy"/"Text"/"caption"/"Caption_test1.csv").exists(): toy_dataset(rd.path/"toy", 120, rd.config.get("seed", 0))
-    t = rd.path/"toy"/"Text"
-    return ([t/"VQA"/"train"/"SARVQA2_train.json", t/"caption"/"Caption-training.csv"] if split == "train" else
-            [t/"VQA"/"test"/"SARVQA2_test.json", t/"caption"/"Caption_test1.csv"]), "toy"
+    if not files: raise SarlangError(f"the run has no {split} text files (Text/VQA/{split}/*.json, Text/caption/*.csv): stage 07_splits wrote none", rd.path/"Text")
+    return files, rd.provenance
 
 def finetune_run(rd,                     # a `core.RunDir`
                  names=None,             # models (default: `rd.config["models"]`)
@@ -419,12 +418,13 @@ def finetune_run(rd,                     # a `core.RunDir`
     "Fine-tune each model of the run into `models/<name>/lora`; returns `{name: info}`."
     import shutil
     cfg = rd.config; out = {}
+    rd.require(*REQUIRES)
     files, origin = run_files(rd, "train")
     shas = [sha256_file(f) for f in files]        # regenerated data under the same paths is other data
     roots = [cfg["data_root"]] if cfg.get("data_root") else []
     recipe = "paper" if cfg.get("profile") == "paper" else "smoke"
-    for name in names or cfg.get("models", ["qwen2-vl"]):
-        path = (cfg.get("model_paths") or {}).get(name)
+    for name in names or rd.models_to_run()[0]:
+        path = rd.model_path(name)
         base = Path(path) if path else (rd.models(name)/"base" if (rd.models(name)/"base"/"config.json").exists() else None)
         dest = rd.models(name)/"lora"
         request = dict(model=name, base=str(base), files=[str(f) for f in files], data_sha256=shas, mix_prefix=True, image_roots=roots,

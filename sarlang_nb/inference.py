@@ -165,8 +165,8 @@ def infer_run(rd,                      # a `core.RunDir`
     ex = load_examples(files, True, max_samples, roots)
     shas = [sha256_file(f) for f in files]   # regenerated test files under the same paths are other data
     out = {}
-    for name in names or cfg.get("models", ["qwen2-vl"]):
-        path = (cfg.get("model_paths") or {}).get(name)
+    for name in names or rd.models_to_run()[0]:
+        path = rd.model_path(name)
         base = path or (rd.models(name)/"base" if (rd.models(name)/"base"/"config.json").exists() else None)
         adir = rd.models(name)/"lora"
         if not (adir/"adapter_config.json").exists(): raise SarlangError("no LoRA adapter: run the 10_finetune stage first", adir)
@@ -190,7 +190,7 @@ def score_run(rd, names=None): # a `core.RunDir`; models
     from sarlang_nb.metrics import evaluate_run
     evaluate_run(rd, judge="rules")
     res = {}
-    for name in names or rd.config.get("models", ["qwen2-vl"]):
+    for name in names or rd.models_to_run()[0]:
         res[name] = {}
         for mode in ("zero-shot", "lora"):
             v = rd.metrics/f"vqa_{name}_{mode}.json"; c = rd.metrics/f"captions_{name}_{mode}_concise.json"

@@ -421,8 +421,11 @@ def build_models(rd,                  # a `core.RunDir`
                  names=None):         # models to build (default: `rd.config["models"]`)
     "Load/check each model of the run; tiny bases are saved to `models/<name>/base`. Returns a summary per model."
     cfg = rd.config; out = {}
-    for name in names or cfg.get("models", ["qwen2-vl"]):
-        path = (cfg.get("model_paths") or {}).get(name)
+    if names is None:
+        names, skipped = rd.models_to_run()
+        if not names: raise SarlangError(f"no model to run: {'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'the config names no models'}", rd.config_file)
+    for name in names:
+        path = rd.model_path(name)
         if cfg.get("profile") == "paper" and not path:
             raise SarlangError(f"paper profile: no weights for {name}; set --model-path {name}=/path/to/weights", rd.config_file)
         a = load_vlm(name, path, device=cfg.get("device", "cpu"), seed=cfg.get("seed", 0))

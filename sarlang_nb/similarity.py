@@ -14,12 +14,12 @@ from .core import SarlangError, atomic_write, progress, open_run, RunDir, open_t
 
 # %% auto #0
 __all__ = ['VGG16_CFG', 'IMAGENET_MEAN', 'IMAGENET_STD', 'VGG16_LAYERS', 'PIXEL_STATS_LABEL', 'PAPER_TABLE3_DATASETS',
-           'NOT_TRANSCRIBED', 'TABLE3_COLUMNS', 'PAPER_FEATURES', 'PAPER_TABLE3', 'unit_rows', 'SimilarityAccumulator',
-           'overall_similarity', 'pairwise_similarity', 'VGG16', 'find_vgg16_weights', 'load_vgg16',
-           'pixel_stats_features', 'PixelStatsExtractor', 'vgg16_preprocess', 'VGG16Extractor', 'image_extractor',
-           'random_vgg16', 'load_sentence_bert', 'SentenceBertExtractor', 'similarity_row', 'read_paper_table3',
-           'paper_rows', 'table3_markdown', 'write_table3', 'run_sar_images', 'run_rgb_images', 'read_caption_texts',
-           'run_captions', 'table3_for_run', 'read_texts', 'main', 'ensure_similarity_inputs', 'similarity_stage']
+           'NOT_TRANSCRIBED', 'TABLE3_COLUMNS', 'PAPER_FEATURES', 'PAPER_TABLE3', 'REQUIRES', 'unit_rows',
+           'SimilarityAccumulator', 'overall_similarity', 'pairwise_similarity', 'VGG16', 'find_vgg16_weights',
+           'load_vgg16', 'pixel_stats_features', 'PixelStatsExtractor', 'vgg16_preprocess', 'VGG16Extractor',
+           'image_extractor', 'random_vgg16', 'load_sentence_bert', 'SentenceBertExtractor', 'similarity_row',
+           'read_paper_table3', 'paper_rows', 'table3_markdown', 'write_table3', 'run_sar_images', 'run_rgb_images',
+           'read_caption_texts', 'run_captions', 'table3_for_run', 'read_texts', 'main', 'run_stage']
 
 # %% ../nbs/08_similarity.ipynb #ebfafbfb
 def _as_batches(features,          # (N, d) array, or an iterable of (n_b, d) arrays
@@ -463,7 +463,7 @@ def table3_for_run(rd,                       # a RunDir
     if isinstance(paper_values, (str, os.PathLike)): paper_values = read_paper_table3(paper_values)   # bad file: fail before the work
     rd = RunDir(rd) if not isinstance(rd, RunDir) else rd
     image_ext = image_ext or image_extractor()
-    name = f"this run ({rd.config.get('profile', '?')})"
+    name = f"this run (data: {rd.provenance})"
     rows = [similarity_row(name, "SAR images", "image", image_ext, run_sar_images(rd), ddof, "SAR images"),
             similarity_row(name, "paired RGB images", "image", image_ext, run_rgb_images(rd), ddof, "RGB images")]
     caps = run_captions(rd)
@@ -565,28 +565,22 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
     return 0
 
 # %% ../nbs/08_similarity.ipynb #b71db157
-def ensure_similarity_inputs(rd): # a RunDir (smoke profile)
-    "Smoke profile: build the world when the run has no SAR images, and the captions when it has none (stages 03, 06)."
-    import importlib
-    if rd.config.get("profile", "smoke") == "paper": return rd
-    if not run_sar_images(rd): importlib.import_module("sarlang_nb.synthetic").ensure_world(rd)
-    if not run_captions(rd): importlib.import_module("sarlang_nb.captions").run_captions_stage(rd, "smoke")
-    return rd
+REQUIRES = ("07_splits",)   # the run's captions in the release layout (and, smoke, the world's images)
 
-def similarity_stage(rd,                   # a RunDir
-                     vgg16_weights=None,   # VGG16 weights file/folder; None -> model_paths["vgg16"] of the config, else pixel statistics
-                     layer:str="fc7",      # VGG16 layer
-                     ddof:int=0,           # variance convention
-                     paper_values=None):   # CSV of the paper's Table 3 values (default PAPER_TABLE3)
+def run_stage(rd,            # a RunDir
+              vgg16_weights=None,   # VGG16 weights file/folder; None -> model_paths["vgg16"] of the config, else pixel statistics
+              layer:str="fc7",      # VGG16 layer
+              ddof:int=0,           # variance convention
+              paper_values=None):   # CSV of the paper's Table 3 values (default PAPER_TABLE3)
     "Stage 08: Table 3 of the run into tables/table3_similarity.{md,csv}; writes the manifest."
     if paper_values: paper_values = read_paper_table3(paper_values)    # a bad file fails before the features are computed
-    ensure_similarity_inputs(rd)
+    rd.require(*REQUIRES)
     weights = vgg16_weights or (rd.config.get("model_paths") or {}).get("vgg16")
     st = (rd.config.get("model_paths") or {}).get("sentence-bert")
     dev = rd.config.get("device", "cpu")
     text_ext = SentenceBertExtractor(st, device=dev) if run_captions(rd) else None
     rows = table3_for_run(rd, image_extractor(weights, layer, dev), text_ext, ddof=ddof, paper_values=paper_values)
     md, cs = write_table3(rd, rows, ddof)
-    rd.write_manifest("08_similarity", [md, cs], rows=len(rows), ddof=ddof,
+    rd.write_manifest("08_similarity", [md, cs], data=rd.provenance, rows=len(rows), ddof=ddof,
                       image_features=next((r["features"] for r in rows if r["modality"] == "image"), None))
     return rows

@@ -16,8 +16,8 @@ from .core import SarlangError, RunDir, open_run, atomic_write, write_json, file
 __all__ = ['SPLITS', 'SARDET_SPLITS', 'NOT_TRANSCRIBED', 'PAPER_TABLE6', 'TABLE6_COLUMNS', 'RECORD_FILES', 'split_hash',
            'hash_split', 'image_key', 'image_splits', 'assign_splits', 'toy_records', 'LeakageError', 'find_image_file',
            'image_roots', 'content_hashes', 'check_leakage', 'table6_rows', 'table6_markdown', 'table6_csv',
-           'write_split_release', 'ensure_records', 'run_records', 'split_run', 'file_split', 'read_release_splits',
-           'main']
+           'write_split_release', 'run_records', 'split_run', 'file_split', 'read_release_splits', 'main',
+           'split_release', 'run_stage']
 
 # %% ../nbs/07_splits.ipynb #60e8df6e
 SPLITS = ("train", "test")
@@ -261,17 +261,6 @@ def write_split_release(root,                   # dataset root (a run directory)
 # %% ../nbs/07_splits.ipynb #0cafe8b3
 RECORD_FILES = {"captions": ["captions.jsonl"], "vqa": ["vqa.jsonl", "inquiries.jsonl"]}
 
-def ensure_records(rd): # a RunDir
-    "Make the run's record files when missing (smoke profile: runs stages 05 and 06's functions)."
-    recs = rd.path/"Text"/"records"
-    if rd.config.get("profile", "smoke") == "paper":
-        return
-    with file_lock(rd.path/".lock-splits-inputs"):
-        if not (recs/"vqa.jsonl").exists():
-            importlib.import_module("sarlang_nb.vqa").run_vqa_stage(rd)
-        if not (recs/"captions.jsonl").exists() or not (recs/"inquiries.jsonl").exists():
-            importlib.import_module("sarlang_nb.captions").run_captions_stage(rd, rd.config.get("profile", "smoke"))
-
 def run_records(rd): # a RunDir
     "(captions, vqa): the run's records from Text/records/, read and checked by `sarlang_nb.formats`."
     from sarlang_nb import formats
@@ -287,8 +276,8 @@ def split_run(rd,                          # a RunDir
               seed:int|None=None,          # hash seed (default: the run's seed)
               test_fraction:float=0.3,     # share of caption images in test
               require_images:bool=False):  # every image file must be found for the content check
-    "Stage 07: split the run's records, check leakage, write the release layout, Table 6 and the manifest."
-    ensure_records(rd)
+    "Rebuild workflow: split the run's records, check leakage, write the release layout, Table 6 and the manifest."
+    rd.require("05_vqa", "06_captions")
     cfg = rd.config
     seed = cfg.get("seed", 0) if seed is None else seed
     profile = cfg.get("profile", "smoke")
@@ -303,7 +292,7 @@ def split_run(rd,                          # a RunDir
     atomic_write(md, table6_markdown(rows, profile)); atomic_write(cs, table6_csv(rows, profile))
     rep = write_json(rd.tables/"leakage_report.json", dict(report, seed=seed, test_fraction=test_fraction))
     rules = Counter(v[1] for v in per.values())
-    rd.write_manifest("07_splits", [*files, md, cs, rep], seed=seed, test_fraction=test_fraction, images=len(per),
+    rd.write_manifest("07_splits", [*files, md, cs, rep], workflow="rebuild", data=rd.provenance, seed=seed, test_fraction=test_fraction, images=len(per),
                       rules=dict(rules), captions=len(caps), vqa=len(vqa), leakage="none")
     return dict(rows=rows, report=report, per=per, files=files)
 
@@ -395,3 +384,34 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
         print(f"sarlang-split: LEAKAGE: {e}", file=sys.stderr); return 1
     except SarlangError as e:
         print(f"sarlang-split: error: {e}", file=sys.stderr); return 1
+
+# %% ../nbs/07_splits.ipynb #e47fa9ff
+def split_release(rd,                          # a RunDir whose data_root is the release
+                  require_images:bool=False):  # every image file must be found for the content check
+    "Release workflow: keep the release's split, check it for leakage, write the run's release layout, Table 6, manifest."
+    root = Path(rd.config["data_root"])
+    caps, vqa, moved = read_release_splits(root)
+    if not caps and not vqa: raise SarlangError("no text files in the release (expected Text/caption/*.csv and Text/VQA/{train,test}/*.json)", root/"Text")
+    per = {}
+    for r in caps + vqa: per.setdefault(image_key(r), (r["split"], "release"))
+    hashes = _hashes_for([root], caps + vqa, rd.path/"splits"/".content_hashes.json")
+    try: report = dict(check_leakage(caps, vqa, [root], require_images, hashes=hashes), leakage="none")
+    except LeakageError as e: report = dict(ok=False, leakage=str(e))
+    files = write_split_release(rd.path, caps, vqa, per, hashes)
+    rows = table6_rows(caps, vqa)
+    md, cs = rd.tables/"table6_splits.md", rd.tables/"table6_splits.csv"
+    note = "" if report["ok"] else f"\nThe release's own split has leakage: {report['leakage']}\n"
+    atomic_write(md, table6_markdown(rows, "paper").replace("Table 6 — train/test split statistics", "Table 6 — train/test split statistics of the release (data: release)", 1) + note)
+    atomic_write(cs, table6_csv(rows, "paper"))
+    rep = write_json(rd.tables/"leakage_report.json", dict(report, split="release", records_whose_split_field_disagrees=moved))
+    rd.write_manifest("07_splits", [*files, md, cs, rep], workflow="release", data="release", images=len(per),
+                      rules={"release": len(per)}, captions=len(caps), vqa=len(vqa), leakage=report["leakage"])
+    return dict(rows=rows, report=report, per=per, files=files)
+
+def run_stage(rd,                          # a RunDir
+              split_seed:int|None=None,    # rebuild: hash seed (None: the run's seed)
+              test_fraction:float=0.3,     # rebuild: share of caption images in test (the paper: 7:3)
+              require_images:bool=False):  # every image file must be found for the content check
+    "Stage 07: keep and check the release's split (release workflow) or split the rebuilt records; returns `split_run`'s result."
+    if rd.provenance == "release": return split_release(rd, require_images)
+    return split_run(rd, split_seed, test_fraction, require_images)

@@ -16,7 +16,7 @@ from .core import SarlangError, atomic_writer, progress
 __all__ = ['APPLICATIONS', 'SARDET_CLASSES', 'POSITIONS', 'CLASS_PREFIX', 'POSITION_PREFIX', 'QTYPES', 'IMAGE_FIELDS', 'FORMATS',
            'with_prefix', 'DetImage', 'load_coco', 'box_position', 'most_positioned', 'plural', 'box_coords',
            'main_object', 'image_questions', 'check_image_template', 'vqa_records', 'write_records', 'read_jsonl',
-           'main', 'detection_sources', 'run_vqa_stage']
+           'main', 'detection_sources', 'run_vqa_stage', 'describe_release_vqa', 'release_vqa_markdown', 'run_stage']
 
 # %% ../nbs/05_vqa.ipynb #3f90114a
 APPLICATIONS = ("image description", "object identification", "object classification", "instance counting",
@@ -331,31 +331,75 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
     print(f"wrote {n} QA pairs to {a.out} in {dt:.1f} s ({n/max(dt, 1e-9):,.0f} QA/s)")
     return 0
 
-# %% ../nbs/05_vqa.ipynb #2608b451
-def detection_sources(rd, profile:str|None=None) -> list: # a RunDir; profile (default: the run's)
+# %% ../nbs/05_vqa.ipynb #50dcda50
+def detection_sources(rd,                     # a RunDir
+                      sardet_annotations=None): # paper profile: a folder of SARDet-100K COCO files (None: look under data_root)
     "The (COCO json, split) pairs the VQA stage reads for a run."
     cfg = rd.config
-    profile = profile or cfg.get("profile", "smoke")
     roots = [rd.annotations]
-    if profile == "paper":
-        if not cfg.get("data_root"): raise SarlangError("the paper profile needs data_root (the folder holding the SARDet-100K Annotations)")
-        dr = Path(cfg["data_root"])
-        roots = [dr/"Annotations", dr/"detection"/"Annotations", dr/"SARDet-100K"/"Annotations"]
+    if cfg.get("profile", "smoke") == "paper":
+        dr = Path(cfg["data_root"]) if cfg.get("data_root") else None
+        roots = [Path(sardet_annotations)] if sardet_annotations else [dr/"Annotations", dr/"detection"/"Annotations", dr/"SARDet-100K"/"Annotations"] if dr else []
     files = [f for r in roots if r.is_dir() for f in sorted(r.glob("*.json"))]
-    if not files: raise SarlangError(f"no COCO annotation files under {', '.join(map(str, roots))}")
+    if not files: raise SarlangError(f"no COCO annotation files under {', '.join(map(str, roots)) or 'data_root'}: the rebuild workflow needs "
+                                     "SARDet-100K's annotations (--param sardet_annotations=DIR)")
     return [(f, _auto_split(f, "auto")) for f in files]
 
 def run_vqa_stage(rd,                # a RunDir
                   seed:int|None=None, # default: the run's seed
-                  coords:str="pixel"): # "pixel" or "norm1000"
-    "Write `Text/records/vqa.jsonl` for the run and its manifest `05_vqa`; returns the counts per application."
-    if rd.config.get("profile", "smoke") != "paper":
-        from sarlang_nb.synthetic import ensure_world
-        ensure_world(rd)             # the smoke world (built once, under a lock)
+                  coords:str="pixel", # "pixel" or "norm1000"
+                  sardet_annotations=None): # paper profile: a folder of SARDet-100K COCO files
+    "Rebuild workflow: write `Text/records/vqa.jsonl` and the manifest `05_vqa`; returns the counts per application."
+    if rd.config.get("profile", "smoke") != "paper": rd.require("03_synthetic")    # the smoke world's boxes
     seed = rd.config.get("seed", 0) if seed is None else seed
-    out = rd.path/"Text"/"records"/"vqa.jsonl"
-    gens = [vqa_records(f, seed, coords, "sardet", s, "SARimages/{stem}.png") for f, s in detection_sources(rd)]
+    out = rd.records/"vqa.jsonl"
+    gens = [vqa_records(f, seed, coords, "sardet", s, "SARimages/{stem}.png") for f, s in detection_sources(rd, sardet_annotations)]
     n = write_records(itertools.chain.from_iterable(gens), out)
     counts = Counter(r["application"] for r in read_jsonl(out))
-    rd.write_manifest("05_vqa", [out], n_records=n, per_application=dict(counts), seed=seed, coords=coords)
+    rd.write_manifest("05_vqa", [out], workflow="rebuild", data=rd.provenance, n_records=n, per_application=dict(counts), seed=seed, coords=coords)
     return counts
+
+# %% ../nbs/05_vqa.ipynb #db769c69
+def describe_release_vqa(root): # the release's data root (SARimages/, Text/)
+    "Counts of the release's VQA records: `{'files': {file: n}, 'rows': [[split, source, application, n], ...], 'n': total}`."
+    from sarlang_nb.formats import release_files, iter_vqa
+    root = Path(root)
+    files = release_files(root)["vqa"]
+    if not files: raise SarlangError("no VQA files in the release (expected Text/VQA/train/SARVQA1_train.json, SARVQA2_train.json and the test files)", root/"Text"/"VQA")
+    per_file, cells = {}, Counter()
+    for f in files:
+        n = 0
+        for r in progress(iter_vqa(f, root=root, check_images=True), f"reading {f.name}", unit="rec"):
+            cells[(r.get("split") or "?", r.get("source") or "?", r.get("application") or "unknown")] += 1; n += 1
+        per_file[str(f.relative_to(root))] = n
+    rows = [[*k, v] for k, v in sorted(cells.items())]
+    return dict(files=per_file, rows=rows, n=sum(per_file.values()))
+
+def release_vqa_markdown(desc:dict, # `describe_release_vqa`'s result
+                         root=None): # the release folder, named in the caption
+    "The release's VQA records per application and split, as a Markdown table."
+    apps = sorted({r[2] for r in desc["rows"]})
+    c = Counter(); [c.update({(r[2], r[0]): r[3]}) for r in desc["rows"]]
+    out = [f"VQA records of the release{f' at {root}' if root else ''} (data: release; {desc['n']:,} records in {len(desc['files'])} files).", "",
+           "| application | train | test | total |", "|---|---:|---:|---:|"]
+    for a in apps: out.append(f"| {a} | {c[(a, 'train')]:,} | {c[(a, 'test')]:,} | {c[(a, 'train')] + c[(a, 'test')]:,} |")
+    return "\n".join(out) + "\n"
+
+# %% ../nbs/05_vqa.ipynb #24580d40
+def run_stage(rd,                 # a RunDir
+              seed:int|None=None, # rebuild: the VQA seed (None: the run's seed)
+              coords:str="pixel", # rebuild: region-referring coordinates, "pixel" or "norm1000"
+              sardet_annotations=None): # paper rebuild: a folder of SARDet-100K COCO files
+    "Stage 05: describe the release's VQA (release workflow) or generate VQA from boxes (rebuild); returns the manifest."
+    from sarlang_nb.core import write_json, atomic_write
+    if rd.provenance != "release":
+        run_vqa_stage(rd, seed, coords, sardet_annotations)
+        return rd.manifest("05_vqa")
+    root = Path(rd.config["data_root"])
+    desc = describe_release_vqa(root)
+    md, cs = rd.tables/"release_vqa.md", rd.tables/"release_vqa.csv"
+    atomic_write(md, release_vqa_markdown(desc, root))
+    atomic_write(cs, "split,source,application,records\n" + "".join(",".join(map(str, r)) + "\n" for r in desc["rows"]))
+    rd.write_manifest("05_vqa", [md, cs], workflow="release", data="release", n_records=desc["n"], files=desc["files"],
+                             per_application=dict(sum((Counter({r[2]: r[3]}) for r in desc["rows"]), Counter())))
+    return rd.manifest("05_vqa")
