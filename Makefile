@@ -8,12 +8,13 @@ RUN    ?= runs/smoke
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sarlang-installed
 
-.PHONY: reproduce test docs export clean-docs help
+.PHONY: reproduce test docs lab export clean-docs help
 
 help:
 	@echo "make reproduce  - set up .venv and run the pipeline (smoke profile) into $(RUN)"
 	@echo "make test       - set up .venv, check notebooks and library agree, nbdev-test, pytest"
 	@echo "make docs       - build the docs (Quarto if installed, else offline HTML into _docs/) and README.md"
+	@echo "make lab        - install JupyterLab into .venv (the [lab] extra) and open the notebooks with the project's kernel"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +41,17 @@ test: export
 	SARLANG_PROGRESS=0 $(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests ran"; rc=0; fi; exit $$rc
 
+# Quarto (nbdev-docs) when quarto is on PATH, else the offline site; ends with the file to open
 docs: $(STAMP)
 	$(BIN)/sarlang-docs
+
+# JupyterLab as the optional [lab] extra, then the notebooks with the venv's python3 kernel (the kernel the
+# notebooks name; JUPYTER_PATH puts the venv's kernelspec before any user-level one). LAB_ARGS: e.g. --no-browser --port=8890
+LAB_STAMP := $(VENV)/.sarlang-lab
+LAB_ARGS  ?=
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,lab]"
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	JUPYTER_PATH="$(abspath $(VENV))/share/jupyter" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) nbs/index.ipynb
