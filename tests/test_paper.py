@@ -196,3 +196,20 @@ def test_cli(tmp_path, cli):
     assert r.returncode == 1 and "sarlang-paper: error:" in r.stderr and "not a run folder" in r.stderr and "Traceback" not in r.stderr
     r = cli("sarlang-paper")
     assert r.returncode == 2
+
+def test_fig5_from_the_runs_raw_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from sarlang_nb.preprocess import preprocess
+    rd = make_demo_run(tmp_path/"run")
+    rng = np.random.default_rng(0)
+    raw = (rng.gamma(1.0, 1.0, (40, 40))*np.where(np.arange(40) < 20, 0.2, 1.0)).astype(np.float32)
+    import tifffile
+    tifffile.imwrite(rd.sar_raw/"0000001.tif", raw)
+    Image.fromarray(preprocess(rd.sar_raw/"0000001.tif")).save(rd.sar_images/"0000001.png")
+    f = paper.plot_preprocessing(rd, tmp_path/"f5.png")
+    assert f and f.read_bytes()[:4] == b"\x89PNG"
+    run_stage(rd, paper_figures=None)
+    assert (rd.figures/"fig5_preprocessing_steps.png").exists() and "Fig. 5" not in (rd.tables/"paper_outputs.md").read_text()
+    (rd.sar_raw/"0000001.tif").unlink()
+    assert paper.plot_preprocessing(rd, tmp_path/"none.png") is None
