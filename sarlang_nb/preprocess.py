@@ -1,4 +1,4 @@
-"""Refined Lee despeckling (7×7, two edge rules, two noise models; numpy or torch, CPU or CUDA), log transform and percentile stretch: raw SAR in, the 8-bit PNG the VLMs see out — as a function, a batch command (`sarlang-preprocess`) and a pipeline stage.
+"""Refined Lee despeckling (7×7; Lee 1981's and PolSARpro's edge rules with two noise models, and ESA SNAP's filter; numpy or torch, CPU or CUDA), log transform and percentile stretch: raw SAR in, the 8-bit PNG the VLMs see out — as a function, a batch command (`sarlang-preprocess`) and a pipeline stage.
 
 Docs: https://sarlang.github.io/sarlang-nb/preprocess.html.md"""
 
@@ -17,13 +17,14 @@ from .core import SarlangError, atomic_write, write_json, progress, check_device
 from .sario import read_raster, find_images
 
 # %% auto #0
-__all__ = ['MASK_NAMES', 'RULES', 'NOISES', 'TIE_RTOL', 'OPTIONS_FILE', 'half_window_masks', 'refined_lee_reference',
-           'refined_lee', 'edge_direction', 'tie_explained', 'log_stretch', 'load_intensity', 'preprocess',
-           'enl_estimate', 'homogeneous_patch', 'preprocess_file', 'run_pool', 'preprocess_batch', 'main']
+__all__ = ['MASK_NAMES', 'RULES', 'NOISES', 'TIE_RTOL', 'THREADS', 'OPTIONS_FILE', 'half_window_masks', 'refined_lee_reference',
+           'torch_threads', 'refined_lee', 'edge_direction', 'refined_lee_snap_reference', 'tie_explained',
+           'log_stretch', 'load_intensity', 'preprocess', 'enl_estimate', 'homogeneous_patch', 'preprocess_file',
+           'run_pool', 'preprocess_batch', 'main']
 
 # %% ../nbs/02_preprocess.ipynb #40d8139d
 MASK_NAMES = ("right", "upper-right", "top", "upper-left", "left", "lower-left", "bottom", "lower-right")
-RULES, NOISES = ("closest", "sign"), ("enl", "local")
+RULES, NOISES = ("closest", "sign", "snap"), ("enl", "local")
 TIE_RTOL = 1e-9  # |gradients| within TIE_RTOL x (the sum of the nine 3x3 sums) of the largest count as ties
 
 def half_window_masks():
@@ -64,7 +65,7 @@ def _direction(w, rule):
     return k + 4 if abs(far - m[1, 1]) < abs(near - m[1, 1]) - tol else k
 
 def _local_noise(w):
-    "SNAP's speckle variance estimate: mean of the 5 smallest var/mean^2 (sample variance) of the nine 3x3 sub-areas."
+    "A per-pixel speckle variance estimate (SNAP's idea): mean of the 5 smallest var/mean^2 (sample variance) of the nine 3x3 sub-areas."
     cv = []
     for i in range(3):
         for j in range(3):
@@ -74,11 +75,12 @@ def _local_noise(w):
 
 def refined_lee_reference(img,                # (H, W) intensity image
                           enl:float=1.0,      # equivalent number of looks (noise="enl": sigma_v^2 = 1/enl)
-                          rule:str="closest", # edge side rule: "closest" or "sign"
+                          rule:str="closest", # edge side rule: "closest", "sign" or "snap" (SNAP's port, below)
                           noise:str="enl",    # "enl" or "local"
                           window:int=7):      # window size (only 7)
     "The refined Lee filter computed per pixel from the definitions (float64, slow): the yardstick for `refined_lee`."
     _check_args(enl, rule, noise, window)
+    if rule == "snap": return refined_lee_snap_reference(img)          # SNAP's own arithmetic (enl, noise unused)
     x = np.asarray(img, dtype=np.float64)
     H, W = x.shape
     xp = x[_reflect_index(H, 3)][:, _reflect_index(W, 3)]
@@ -217,26 +219,48 @@ def _auto_tile(B, H, W, device):
     budget = 2**18 if torch.device(device).type == "cpu" else 2**24
     return max(32, math.isqrt(max(1, budget // B)))
 
+THREADS = 1  # CPU intra-op threads `refined_lee` uses when the caller does not say (see "CPU threads" above)
+
+@contextlib.contextmanager
+def torch_threads(n:int|None): # threads for the block (None: leave torch's setting alone)
+    "Run a block with `n` torch intra-op threads, restoring the previous setting afterwards."
+    if n is None: yield; return
+    old = torch.get_num_threads()
+    if n != old: torch.set_num_threads(int(n))
+    try: yield
+    finally:
+        if n != old: torch.set_num_threads(old)
+
 def refined_lee(img,                # (H, W) or (B, H, W) intensities: numpy array or torch tensor
-                enl:float=1.0,      # equivalent number of looks; noise="enl" uses sigma_v^2 = 1/enl
-                rule:str="closest", # which side of an edge: "closest" (Lee, SNAP) or "sign" (PolSARpro, the darker side)
-                noise:str="enl",    # speckle variance: "enl" (1/enl) or "local" (SNAP's per-pixel estimate)
+                enl:float=1.0,      # equivalent number of looks; noise="enl" uses sigma_v^2 = 1/enl (not used by rule="snap")
+                rule:str="closest", # "closest" (Lee 1981, the side nearer the centre), "sign" (PolSARpro, the darker side), "snap" (ESA SNAP's filter)
+                noise:str="enl",    # speckle variance: "enl" (1/enl) or "local" (per-pixel estimate); rule="snap" always uses SNAP's own estimate
                 window:int=7,       # window size; only 7 is implemented
                 tile:int|None=None, # tile side in pixels (None: automatic); the result does not depend on it
-                device=None):       # torch device to compute on (default: where the input is; numpy -> CPU)
+                device=None,        # torch device to compute on (default: where the input is; numpy -> CPU)
+                threads:int|None=None, # CPU threads for this call (None: `THREADS` = 1, robust when other processes hold cores)
+                edge_threshold:float|None=None, # rule="snap": None as SNAP's RefinedLee; a number: the 2014 operator's plain-Lee branch below it (SNAP's old default 5000)
+                nodata:float|None=0.0): # rule="snap": pixels equal to this are no-data, as SNAP's band no-data value (default 0.0); None: none are
     "Refined Lee speckle filter of intensity images: intensity in, intensity out (numpy in -> numpy out)."
     _check_args(enl, rule, noise, window)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise SarlangError(f"threads must be a positive integer (or None: {THREADS}), not {threads!r}")
+    if edge_threshold is not None and not (isinstance(edge_threshold, (int, float)) and math.isfinite(edge_threshold) and edge_threshold >= 0):
+        raise SarlangError(f"edge_threshold must be a finite number >= 0 (or None), not {edge_threshold!r}")
     x, was_np, was_2d, cdt = _as_batch(img, device)
     B, H, W = x.shape
-    xp, scale = _pad_scaled(x, cdt)
     if tile is not None and not 1 <= tile: raise SarlangError(f"tile must be a positive number of pixels (or None: automatic), not {tile!r}")
-    tile = int(tile or _auto_tile(B, H, W, x.device))
-    out = torch.empty((B, H, W), dtype=cdt, device=x.device)
-    for r0 in range(0, H, tile):
-        for c0 in range(0, W, tile):
-            r1, c1 = min(H, r0 + tile), min(W, c0 + tile)
-            out[:, r0:r1, c0:c1] = _core(xp[:, r0:r1+6, c0:c1+6], 1.0 / float(enl), rule, noise)
-    out = out.div_(scale[0]).div_(scale[1])
+    with torch_threads((threads or THREADS) if x.device.type == "cpu" else None):
+        if rule == "snap": out = _refined_lee_snap(x, edge_threshold, nodata, tile).to(cdt)
+        else:
+            xp, scale = _pad_scaled(x, cdt)
+            tile = int(tile or _auto_tile(B, H, W, x.device))
+            out = torch.empty((B, H, W), dtype=cdt, device=x.device)
+            for r0 in range(0, H, tile):
+                for c0 in range(0, W, tile):
+                    r1, c1 = min(H, r0 + tile), min(W, c0 + tile)
+                    out[:, r0:r1, c0:c1] = _core(xp[:, r0:r1+6, c0:c1+6], 1.0 / float(enl), rule, noise)
+            out = out.div_(scale[0]).div_(scale[1])
     if was_2d: out = out[0]
     return out.cpu().numpy() if was_np else out
 
@@ -244,11 +268,213 @@ def edge_direction(img,                # (H, W) or (B, H, W) intensities
                    rule:str="closest"): # "closest" or "sign"
     "The half-window (0..7, see `MASK_NAMES`) the refined Lee filter uses at each pixel, as uint8."
     _check_args(1.0, rule, "enl", 7)
+    if rule == "snap": raise SarlangError("edge_direction covers the rules 'closest' and 'sign'; rule='snap' picks its half-window inside SNAP's arithmetic")
     x, was_np, was_2d, cdt = _as_batch(img, None)
     xp, _ = _pad_scaled(x, cdt)
     d = _core(xp, 1.0, rule, "enl", want="direction")
     d = d[0] if was_2d else d
     return d.cpu().numpy() if was_np else d
+
+
+# %% ../nbs/02_preprocess.ipynb #5a1e0002
+_SNAP_HALF = {  # SNAP's getNonEdgeAreaPixelValues: the 28 (row, col) of each half-window, in SNAP's loop order
+    0: [(y, x) for y in range(7) for x in range(3, 7)], 1: [(y, x) for y in range(7) for x in range(y, 7)],
+    2: [(y, x) for y in range(4) for x in range(7)],    3: [(y, x) for y in range(7) for x in range(0, 7 - y)],
+    4: [(y, x) for y in range(7) for x in range(4)],    5: [(y, x) for y in range(7) for x in range(0, y + 1)],
+    6: [(y, x) for y in range(3, 7) for x in range(7)], 7: [(y, x) for y in range(7) for x in range(6 - y, 7)]}
+
+def _same(a, b): # Java's Double.equals / Double.compare(a, b) == 0 for our values (NaN equals NaN)
+    return (a != a and b != b) or a == b
+
+def refined_lee_snap_reference(img,                    # (H, W) intensity image
+                               edge_threshold=None,    # None: SNAP's RefinedLee (no threshold); a number: the 2014 operator's var < threshold branch
+                               nodata:float|None=0.0): # SNAP's band no-data value (default 0.0); None: no pixel value is no-data (SNAP with NaN)
+    "ESA SNAP's (s1tbx) refined Lee, ported loop for loop from its Java source (slow, float64): the yardstick for `rule='snap'`."
+    x = np.asarray(img, dtype=np.float64) + 0.0            # + 0.0: -0.0 -> 0.0
+    H, W = x.shape
+    nd = float("nan") if nodata is None else float(nodata)
+    out = np.empty((H, W))
+    def mean_1d(vals, n):                                  # SpeckleFilter.getMeanValue
+        m = 0.0
+        for v in vals:
+            if v != nd: m += v
+        return m / n
+    def var_1d(vals, n, mean):                             # SpeckleFilter.getVarianceValue
+        s = 0.0
+        if n > 1:
+            for v in vals:
+                if v != nd: d = v - mean; s += d * d
+            s /= (n - 1)
+        return s
+    def local_mean(w):                                     # getLocalMeanValue
+        k, m = 0, 0.0
+        for row in w:
+            for v in row:
+                if not _same(v, nd): m += v; k += 1
+        return m / k if k > 0 else nd
+    def local_var(mean, w):                                # getLocalVarianceValue
+        k, s = 0, 0.0
+        for row in w:
+            for v in row:
+                if not _same(v, nd): d = v - mean; s += d * d; k += 1
+        return s / (k - 1) if k > 1 else nd
+    def noise(w):                                          # getLocalNoiseVarianceValue
+        cvs = []
+        for j in range(3):
+            for i in range(3):
+                sub = [w[y][xx] for y in range(2*j, 2*j + 3) for xx in range(2*i, 2*i + 3) if not _same(w[y][xx], nd)]
+                if len(sub) == 9:
+                    mu = mean_1d(sub, 9)
+                    cvs.append(var_1d(sub, 9, mu) / (mu * mu) if mu > 0 else 0.0)
+        if len(cvs) < 1: return 0.0
+        cvs[:len(cvs) - 1] = sorted(cvs[:len(cvs) - 1])    # Arrays.sort(a, 0, numSubArea - 1): the last one stays put
+        n = min(5, len(cvs))
+        avg = 0.0
+        for v in cvs[:n]: avg += v
+        return avg / n
+    def local_statistics(w):                               # computePixelValueUsingLocalStatistics
+        if _same(nd, w[3][3]): return nd
+        mean = local_mean(w)
+        if _same(nd, mean): return nd
+        var = local_var(mean, w)
+        if var == 0.0: return mean
+        if _same(nd, var): return nd
+        sv = noise(w)
+        vx = (var - mean * mean * sv) / (1 + sv)
+        if vx < 0: vx = 0.0
+        return mean + (vx / var) * (w[3][3] - mean)
+    def edge_detection(w):                                 # computeSubAreaMeans, computeGradients, computePixelValueUsingEdgeDetection
+        m = [[0.0] * 3 for _ in range(3)]
+        for j in range(3):
+            for i in range(3):
+                s, k = 0.0, 0
+                for y in range(2*j, 2*j + 3):
+                    for xx in range(2*i, 2*i + 3): s += w[y][xx]; k += 1
+                m[j][i] = s / k
+        g = [abs(m[1][0] - m[1][2]), abs(m[0][2] - m[2][0]), abs(m[0][1] - m[2][1]), abs(m[0][0] - m[2][2])]
+        direction, best = 0, -sys.float_info.max
+        for i in range(4):
+            if best < g[i]: best, direction = g[i], i
+        if direction == 0: d = 4 if abs(m[1][0] - m[1][1]) < abs(m[1][1] - m[1][2]) else 0
+        elif direction == 1: d = 1 if abs(m[0][2] - m[1][1]) < abs(m[1][1] - m[2][0]) else 5
+        elif direction == 2: d = 2 if abs(m[0][1] - m[1][1]) < abs(m[1][1] - m[2][1]) else 6
+        else: d = 3 if abs(m[0][0] - m[1][1]) < abs(m[1][1] - m[2][2]) else 7
+        px = [w[y][xx] for y, xx in _SNAP_HALF[d]]
+        mean = mean_1d(px, 28)
+        var = var_1d(px, 28, mean)
+        if var == 0.0: return 0.0
+        sv = noise(w)
+        vx = (var - mean * mean * sv) / (1 + sv)
+        if vx < 0: vx = 0.0
+        return mean + (vx / var) * (w[3][3] - mean)
+    for yc in range(H):
+        for xc in range(W):
+            w, n = [[nd] * 7 for _ in range(7)], 0          # getNeighborValuesWithoutBorderExt
+            for j in range(7):
+                yj = yc - 3 + j
+                if yj < 0 or yj >= H: continue
+                for i in range(7):
+                    xi = xc - 3 + i
+                    if xi < 0 or xi >= W: continue
+                    v = float(x[yj, xi]); w[j][i] = v
+                    if v != nd: n += 1
+            if n == 0: out[yc, xc] = nd; continue
+            if n < 49: out[yc, xc] = local_statistics(w); continue     # getRefinedLeeValueUsingEdgeThreshold
+            if edge_threshold is not None and local_var(local_mean(w), w) < edge_threshold:
+                out[yc, xc] = local_statistics(w); continue
+            out[yc, xc] = edge_detection(w)
+    return out
+
+
+# %% ../nbs/02_preprocess.ipynb #5a1e0004
+_SNAP_IDX = torch.tensor([[7 * y + x for y, x in _SNAP_HALF[d]] for d in range(8)])   # (8, 28) flat window indices
+
+def _snap_core(xp, vp, thr, nd):
+    "SNAP's refined Lee of a zero-padded float64 stack `xp` (B, H+6, W+6) with validity `vp`, in SNAP's order of operations."
+    B, Hp, Wp = xp.shape; H, W = Hp - 6, Wp - 6
+    X = lambda y, x: xp[:, y:y+H, x:x+W]
+    V = lambda y, x: vp[:, y:y+H, x:x+W]
+    zero = xp.new_zeros(())
+    n = sum(V(y, x).to(torch.int16) for y in range(7) for x in range(7))          # valid samples in the window
+    # plain Lee over the valid pixels (borders, no-data windows, the edge-threshold branch): getLocalMeanValue, ...
+    k = n.to(xp.dtype)
+    s = torch.zeros_like(k)
+    for y in range(7):
+        for x in range(7): s = s + X(y, x)                                         # invalid pixels hold 0: s + 0 = s
+    meanL = torch.where(n > 0, s / k.clamp(min=1), nd)
+    ss = torch.zeros_like(k)
+    for y in range(7):
+        for x in range(7): ss = ss + torch.where(V(y, x), (X(y, x) - meanL) ** 2, zero)
+    varL = torch.where(n > 1, ss / (k - 1).clamp(min=1), nd)
+    # the nine 3x3 sub-areas: means and coefficients of variation (getLocalNoiseVarianceValue), valid ones only
+    means, cvs, valid = [], [], []
+    for j in range(3):
+        for i in range(3):
+            cells = [(y, x) for y in range(2*j, 2*j + 3) for x in range(2*i, 2*i + 3)]
+            a = X(*cells[0]); ok = V(*cells[0])
+            for c in cells[1:]: a = a + X(*c); ok = ok & V(*c)
+            mu = a / 9
+            q = torch.zeros_like(mu)
+            for c in cells: q = q + (X(*c) - mu) ** 2
+            cvs.append(torch.where(mu > 0, (q / 8) / (mu * mu), zero)); means.append(mu); valid.append(ok)
+    cv, ok9 = torch.stack(cvs), torch.stack(valid)
+    nsub = ok9.sum(0)
+    last = torch.where(ok9, torch.arange(9, device=xp.device).view(9, 1, 1, 1), -1).amax(0)   # the last valid sub-area
+    rank = torch.arange(9, device=xp.device).view(9, 1, 1, 1)
+    srt = torch.where(ok9 & (rank != last), cv, torch.inf).sort(0).values        # SNAP sorts all valid but the last
+    m_sorted = torch.where(nsub >= 6, 5, nsub - 1)
+    acc = torch.zeros_like(k)
+    for p in range(5): acc = acc + torch.where(p < m_sorted, srt[p], zero)
+    cv_last = cv.gather(0, last.clamp(min=0)[None])[0]
+    acc = acc + torch.where((nsub >= 1) & (nsub <= 5), cv_last, zero)
+    sigma = torch.where(nsub >= 1, acc / nsub.clamp(min=1, max=5).to(xp.dtype), zero)
+    centre = X(3, 3)
+    def lee(mean, var, sv):
+        vx = ((var - mean * mean * sv) / (1 + sv)).clamp(min=0)
+        return mean + (vx / var) * (centre - mean)
+    same = lambda a: (a == nd) | (torch.isnan(a) & math.isnan(nd))
+    local = torch.where(~V(3, 3), nd, torch.where(same(meanL), nd, torch.where(varL == 0, meanL,
+                        torch.where(same(varL), nd, lee(meanL, varL, sigma)))))
+    # the edge-aligned path (full windows): single-difference gradients of the sub-means, SNAP's side rule
+    m = [means[0:3], means[3:6], means[6:9]]
+    g = [(m[1][0] - m[1][2]).abs(), (m[0][2] - m[2][0]).abs(), (m[0][1] - m[2][1]).abs(), (m[0][0] - m[2][2]).abs()]
+    direction, best = torch.zeros_like(n, dtype=torch.int64), g[0]
+    for i in (1, 2, 3):
+        up = best < g[i]; direction = torch.where(up, i, direction); best = torch.where(up, g[i], best)
+    c = m[1][1]
+    sides = [torch.where((m[1][0] - c).abs() < (c - m[1][2]).abs(), 4, 0), torch.where((m[0][2] - c).abs() < (c - m[2][0]).abs(), 1, 5),
+             torch.where((m[0][1] - c).abs() < (c - m[2][1]).abs(), 2, 6), torch.where((m[0][0] - c).abs() < (c - m[2][2]).abs(), 3, 7)]
+    d = torch.stack(sides).gather(0, direction[None])[0]
+    win = torch.stack([X(y, x) for y in range(7) for x in range(7)])               # (49, B, H, W)
+    px = win.gather(0, _SNAP_IDX.to(xp.device)[d].permute(3, 0, 1, 2))           # (28, B, H, W) in SNAP's order
+    s28 = px[0]
+    for p in range(1, 28): s28 = s28 + px[p]
+    meanE = s28 / 28
+    q28 = torch.zeros_like(meanE)
+    for p in range(28): q28 = q28 + (px[p] - meanE) ** 2
+    varE = q28 / 27
+    edge = torch.where(varE == 0, zero, lee(meanE, varE, sigma))
+    use_local = n < 49
+    if thr is not None: use_local = use_local | (varL < thr)
+    return torch.where(n == 0, nd, torch.where(use_local, local, edge))
+
+def _refined_lee_snap(x, edge_threshold, nodata, tile):
+    "rule='snap' on a (B, H, W) tensor: float64 throughout, zero padding with a validity mask (SNAP's borders)."
+    nd = math.nan if nodata is None else float(nodata)
+    xd = x.double() + 0.0                                                          # -0.0 -> 0.0, as SNAP's comparisons see it
+    B, H, W = xd.shape
+    valid = torch.ones_like(xd, dtype=torch.bool) if nodata is None else (xd != nd)
+    xp = torch.nn.functional.pad(torch.where(valid, xd, 0.0), (3, 3, 3, 3))
+    vp = torch.nn.functional.pad(valid, (3, 3, 3, 3))
+    thr = None if edge_threshold is None else float(edge_threshold)
+    tile = int(tile or max(32, math.isqrt(max(1, (2**16 if x.device.type == "cpu" else 2**22) // B))))
+    out = torch.empty((B, H, W), dtype=torch.float64, device=x.device)
+    for r0 in range(0, H, tile):
+        for c0 in range(0, W, tile):
+            r1, c1 = min(H, r0 + tile), min(W, c0 + tile)
+            out[:, r0:r1, c0:c1] = _snap_core(xp[:, r0:r1+6, c0:c1+6], vp[:, r0:r1+6, c0:c1+6], thr, nd)
+    return out
+
 
 # %% ../nbs/02_preprocess.ipynb #ec5346fb
 def tie_explained(x, y, i, j, enl=1.0):
@@ -523,9 +749,9 @@ def _parser():
     p.add_argument("src", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--pol", default="VV", help="band of multi-band (quad-pol) files, by name: HH, HV, VH, VV (default VV); single-band files are used as they are")
-    p.add_argument("--rule", choices=RULES, default="closest", help="refined Lee edge-side rule: closest = Lee's original / SNAP (default), sign = PolSARpro (the darker side)")
+    p.add_argument("--rule", choices=RULES, default="closest", help="refined Lee rule: closest = Lee 1981, the side nearer the centre (default); sign = PolSARpro, the darker side; snap = ESA SNAP's RefinedLee (its own noise estimate, zero pixels as no-data; --enl and --noise unused)")
     p.add_argument("--enl", type=float, default=1.0, help="equivalent number of looks of the input (default 1: single-look)")
-    p.add_argument("--noise", choices=NOISES, default="enl", help="speckle variance: enl = 1/ENL (default), local = SNAP's per-pixel estimate")
+    p.add_argument("--noise", choices=NOISES, default="enl", help="speckle variance: enl = 1/ENL (default), local = a per-pixel estimate from the 3x3 sub-areas")
     p.add_argument("--percentiles", type=float, nargs=2, default=(2.0, 98.0), metavar=("LO", "HI"), help="log-stretch percentiles (default 2 98)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--device", default=None, help="torch device for the filter: cpu (default) or cuda")

@@ -11,6 +11,7 @@ from sarlang_nb.sario import write_geotiff, POLS
 from sarlang_nb.preprocess import (refined_lee, refined_lee_reference, edge_direction, log_stretch, load_intensity,
                                    preprocess, preprocess_batch, run_pool, main, tie_explained, RULES, NOISES,
                                    OPTIONS_FILE)
+from sarlang_nb import preprocess as P
 
 os.environ["SARLANG_PROGRESS"] = "0"
 torch.set_num_threads(1)
@@ -230,7 +231,7 @@ def test_kill_and_resume(tmp_path):
 
 
 def test_thread_count_gives_same_bits_and_is_restored():
-    "refined_lee picks its CPU thread count (idle cores only) itself: same bits either way, torch's setting restored."
+    "Same bits whatever torch's thread setting, and the setting is restored after the call."
     x = np.random.default_rng(9).gamma(1.0, 1.0, (300, 260)).astype(np.float32)
     one = refined_lee(x, tile=64)
     try:
@@ -327,3 +328,79 @@ def test_bad_device_report_and_options_file_are_argument_errors(tmp_path):
     (tmp_path/"o2").mkdir(); (tmp_path/"o2"/OPTIONS_FILE).write_text("")
     with pytest.raises(SarlangError, match="cannot be read.*--overwrite"): preprocess_batch([tmp_path/"in"], tmp_path/"o2")
     assert preprocess_batch([tmp_path/"in"], tmp_path/"o2", overwrite=True)["written"] == 3     # 2 GeoTIFFs and the JPEG
+
+
+# ------------------------------------------------------------------ issue 17: ESA SNAP's refined Lee, threads
+def real_chips():
+    sd = shared_data()
+    d = sd/"real_sar_det"/"images" if sd else None
+    if d is None or not d.is_dir(): pytest.skip("../shared/data/real_sar_det not found beside the checkout")
+    return sorted(d.glob("*"))
+
+@pytest.mark.parametrize("k", range(6))
+def test_snap_equals_the_port_of_snaps_loops_on_real_chips(k):
+    chips = real_chips()
+    f = chips[(k * 7) % len(chips)]
+    g = load_intensity(f)
+    crops = [g[300:364, 280:344]] + ([g[:40, -40:]] if k % 2 else [g[-40:, :40]])   # an interior crop and an image corner
+    for c in crops:
+        ref = P.refined_lee_snap_reference(c)
+        out = refined_lee(c, rule="snap")
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(refined_lee(c.astype(np.float64), rule="snap"), ref, rtol=1e-12, atol=0)
+    c = crops[0]
+    if k < 2:   # the 2014 edge-threshold branch (a threshold inside the range of the window variances) and nodata=None
+        thr = float(np.quantile(np.asarray(c, np.float64), 0.6) ** 2) * 0.31
+        for t, nd in ((thr, 0.0), (None, None)):
+            np.testing.assert_allclose(refined_lee(c.astype(np.float64), rule="snap", edge_threshold=t, nodata=nd),
+                                       P.refined_lee_snap_reference(c, t, nd), rtol=1e-12, atol=0)
+
+def test_snap_on_the_conformance_input():
+    sd = shared_data()
+    if sd is None or not (sd/"refined_lee_vectors").is_dir(): pytest.skip("../shared/data/refined_lee_vectors not found")
+    x = np.load(sd/"refined_lee_vectors"/"input_P0094_512_intensity.npy")
+    for c in (x[:72, :72], x[220:300, 200:280]):
+        np.testing.assert_allclose(refined_lee(c, rule="snap"), P.refined_lee_snap_reference(c), rtol=1e-6, atol=1e-12)
+
+def test_snap_quirks():
+    "The turns of SNAP's code that Lee's rule does not take: each visible on a small image."
+    flat = np.full((9, 9), 3.0)
+    out = refined_lee(flat, rule="snap")
+    assert out[4, 4] == 0.0 and out[0, 0] == 3.0        # a flat half-window returns 0.0; the border path returns the mean
+    z = np.random.default_rng(0).gamma(1.0, 1.0, (15, 15)); z[7, 7] = 0.0
+    out = refined_lee(z, rule="snap")
+    assert out[7, 7] == 0.0                             # a zero pixel is no-data (SNAP's default no-data value)
+    np.testing.assert_allclose(out[7, 9], P.refined_lee_snap_reference(z)[7, 9])
+    assert refined_lee(z, rule="snap", nodata=None)[7, 7] > 0   # unless no value is no-data
+    # the noise estimate ignores the bottom-right sub-area when all nine are valid: changing only its variance
+    # (a pixel of it outside every other sub-area and outside the chosen half-window) changes nothing
+    w = 1.0 + 0.05 * np.random.default_rng(1).random((7, 7)); w[:, :4] *= 5; w[2:5, :4] *= 2   # SNAP takes the left half here
+    w[4:, 4:] = 1.0 + 0.001 * np.arange(9).reshape(3, 3)                      # the bottom-right sub-area: the smallest var/mean^2
+    w2 = w.copy(); w2[6, 6] *= 1.05
+    lee9 = lambda a: refined_lee(a, rule="closest", noise="local")[3, 3]       # the estimate over all nine sees the change
+    assert lee9(w) != lee9(w2)
+    assert refined_lee(w, rule="snap")[3, 3] == refined_lee(w2, rule="snap")[3, 3]
+    assert P.refined_lee_snap_reference(w)[3, 3] == P.refined_lee_snap_reference(w2)[3, 3]
+
+def test_snap_arguments():
+    with pytest.raises(SarlangError, match="edge_threshold"): refined_lee(np.ones((9, 9)), rule="snap", edge_threshold=-1)
+    with pytest.raises(SarlangError, match="edge_direction covers"): edge_direction(np.ones((9, 9)), "snap")
+    np.testing.assert_array_equal(refined_lee_reference(np.ones((9, 9)) * 2, rule="snap"), P.refined_lee_snap_reference(np.ones((9, 9)) * 2))
+
+def test_default_is_one_thread_and_callers_setting_restored(monkeypatch):
+    "On CPU refined_lee runs on one intra-op thread unless asked (oversubscribed cores cost 5-8x); torch's setting is restored."
+    seen = []
+    real = P._core
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads()); return real(*a, **k)
+    monkeypatch.setattr(P, "_core", spy)
+    x = np.random.default_rng(2).gamma(1.0, 1.0, (64, 64)).astype(np.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        refined_lee(x); refined_lee(x, threads=2)
+        assert torch.get_num_threads() == 2
+    finally: torch.set_num_threads(old)
+    assert seen == [1, 2]
+    with pytest.raises(SarlangError, match="threads must be"): refined_lee(x, threads=0)
