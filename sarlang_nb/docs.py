@@ -41,6 +41,7 @@ _ANSI = re.compile(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])")
 _BAR = re.compile(r"\d+%\|[^|]*\|\s*\d+/\d+|\d+(?:\.\d+)?(?:it/s|s/it)\]\s*$")
 _WARN = re.compile(r"^(?P<path>\S+?):\d+: (?P<kind>\w*Warning): (?P<msg>.*)$")
 _LIBLOG = re.compile(r"^\[(?:transformers|torch|accelerate|peft|datasets|huggingface_hub|tokenizers)\]")
+_TOOLLOG = re.compile(r"^(?:PTBTokenizer tokenized \d+ tokens|Loading checkpoint shards|huggingface/tokenizers: The current process just got forked)")
 
 def clean_stream(text:str,         # a stream's text (stdout or stderr) as the notebook recorded it
                  stderr:bool=False): # stderr: also drop library warnings and log lines
@@ -56,7 +57,7 @@ def clean_stream(text:str,         # a stream's text (stdout or stderr) as the n
             if m:
                 if "/sarlang_nb/" in m["path"]: out.append(f"{m['kind']}: {m['msg']}")
                 cont = True; continue
-            if _LIBLOG.match(line) or "IProgress not found" in line: cont = True; continue
+            if _LIBLOG.match(line) or "IProgress not found" in line or _TOOLLOG.match(line): cont = True; continue
         out.append(line)
     res = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
     return res + "\n" if res else ""
@@ -205,8 +206,9 @@ class SiteProc(Processor):
                 for k, t in parts:
                     if k == "table": res.append({"output_type": "display_data", "metadata": {}, "data": {"text/markdown": t + "\n"}})
                     elif t.strip():
-                        if res and res[-1].get("output_type") == "stream" and res[-1]["name"] == o["name"]: res[-1]["text"] += t + "\n"
-                        else: res.append({**o, "text": t + "\n"})
+                        t = t.rstrip("\n") + "\n"
+                        if res and res[-1].get("output_type") == "stream" and res[-1]["name"] == o["name"]: res[-1]["text"] += t
+                        else: res.append({**o, "text": t})
                 continue
             if o.get("output_type") == "error":
                 o["traceback"] = [scrub_paths(_ANSI.sub("", t), self.root) for t in o.get("traceback", [])]
@@ -714,9 +716,9 @@ def write_readme(root=None): # the checkout
     fm = _title(nb)
     cells = [c for c in nb.cells if not (c.cell_type == "raw" and (c.source or "").lstrip().startswith("---"))]
     head = f"# {fm['title']}" + (f"\n\n> {fm['description']}" if fm.get("description") else "") if fm.get("title") else None
-    plain = {"cells": ([{"cell_type": "markdown", "metadata": {}, "source": head}] if head else []) +
-             [{"cell_type": c.cell_type, "metadata": {}, "source": _directives(c.source)[1] if c.cell_type == "code" else c.source,
-               **({"outputs": [], "execution_count": None} if c.cell_type == "code" else {})} for c in cells],
+    plain = {"cells": ([{"cell_type": "markdown", "id": "title", "metadata": {}, "source": head}] if head else []) +
+             [{"cell_type": c.cell_type, "id": f"c{i}", "metadata": {}, "source": _directives(c.source)[1] if c.cell_type == "code" else c.source,
+               **({"outputs": [], "execution_count": None} if c.cell_type == "code" else {})} for i, c in enumerate(cells)],
              "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     md, _ = MarkdownExporter().from_notebook_node(nbformat.from_dict(plain))
     md = re.sub(r"\]\(([\w.-]+)\.ipynb(#[^)]*)?\)", r"](nbs/\1.ipynb\2)", md)
