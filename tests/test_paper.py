@@ -213,3 +213,22 @@ def test_fig5_from_the_runs_raw_image(tmp_path):
     assert (rd.figures/"fig5_preprocessing_steps.png").exists() and "Fig. 5" not in (rd.tables/"paper_outputs.md").read_text()
     (rd.sar_raw/"0000001.tif").unlink()
     assert paper.plot_preprocessing(rd, tmp_path/"none.png") is None
+
+def test_rerun_keeps_every_output(tmp_path):
+    "A second run of the stage writes (and copies) the same files as the first."
+    rd = make_demo_run(tmp_path/"run")
+    import numpy as np, tifffile
+    from PIL import Image
+    from sarlang_nb.preprocess import preprocess
+    tifffile.imwrite(rd.sar_raw/"0000001.tif", np.random.default_rng(1).gamma(1.0, 1.0, (32, 32)).astype(np.float32))
+    Image.fromarray(preprocess(rd.sar_raw/"0000001.tif")).save(rd.sar_images/"0000001.png")
+    first = sorted(p.name for p in run_stage(rd, paper_figures=tmp_path/"pf"))
+    second = sorted(p.name for p in run_stage(rd, paper_figures=tmp_path/"pf"))
+    assert first == second and "fig5_preprocessing_steps.png" in second
+    assert "**missing**: Fig. 5" not in (tmp_path/"pf"/"README.md").read_text()
+
+def test_training_logs_prefer_the_model_card_history(tmp_path):
+    rd = make_demo_run(tmp_path/"run", models=("qwen2-vl",))
+    write_json(rd.models("qwen2-vl")/"lora"/"sarlang_finetune.json",
+               {"log_history": [{"step": 10, "loss": 2.0, "learning_rate": 1e-4}, {"step": 20, "loss": 1.0, "learning_rate": 5e-5}, {"train_runtime": 3.0, "step": 20}]})
+    assert paper.training_logs(rd) == {"qwen2-vl": [dict(step=10, loss=2.0, learning_rate=1e-4), dict(step=20, loss=1.0, learning_rate=5e-5)]}
