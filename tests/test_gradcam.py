@@ -9,7 +9,7 @@ from PIL import Image
 from sarlang_nb.core import open_run, write_json
 from sarlang_nb.models import load_vlm, GenericAdapter
 from sarlang_nb.gradcam import (word_maps, localise_vision, blank_minus, upsample, image_grid, split_words, pointing, summarise,
-                                box_distance, cross_attention_layer, randomise_language_model, rank_correlation, run_stage,
+                                box_distance, peak, cross_attention_layer, randomise_language_model, rank_correlation, run_stage,
                                 reference_answer, category_of, alignment_items, main)
 
 torch.set_num_threads(1)
@@ -43,30 +43,53 @@ def cell_box(r, extent, rows, cols, i, j, margin=0.3):
     return (int(x0 + (j + margin)*cw + 0.999), int(y0 + (i + margin)*ch + 0.999), int(x0 + (j + 1 - margin)*cw), int(y0 + (i + 1 - margin)*ch))
 
 
+def _known_region(a, W, H, level="lm"):
+    """Scenes with content in one grid cell, for every cell; returns (grid shape, [(cell, map result, box)])."""
+    blank = Image.new("RGB", (W, H), GREY)
+    probe = word_maps(a, [blank], answers=["a"], level=level)[0]          # the grid and its extent for this image size
+    rows, cols = probe["grid"].shape[1:]
+    cells = [(i, j) for i in range(rows) for j in range(cols)]
+    boxes = [cell_box(None, probe["extent"], rows, cols, i, j) for i, j in cells]
+    scenes = [scene(W, H, b, seed=k) for k, b in enumerate(boxes)]
+    res = word_maps(a, scenes, answers=["two ships"]*len(cells), feature_transform=blank_minus(a, blank, level=level), level=level,
+                    batch_size=16)
+    return (rows, cols), list(zip(cells, res, boxes))
+
+
 @pytest.mark.parametrize("name", ADAPTERS)
 @pytest.mark.parametrize("W,H", [(112, 112), (168, 112)])
 def test_known_region_every_adapter(name, W, H):
-    """A model that sees one region only (vision blocks made patch-local, features relative to a blank image): every word's map
-    has the grid's shape, is finite and in [0, 1], is zero outside the region's cell and has its maximum in the region.
-    The region is an off-diagonal cell (row 1, last column), so a transposed or shifted (CLS) order would miss it;
-    the wide image checks Qwen's dynamic resolution and CLIP's centre crop."""
+    """A model that sees one region only (vision blocks made patch-local, features relative to a blank image), with the region in
+    each cell of the grid in turn: every word's map has the grid's shape, is finite and in [0, 1], is zero outside the region's cell
+    and has its maximum in the region, on the grid and on the image. Every cell is tried, so a transposed, shifted (CLS) or
+    window-ordered mapping cannot pass by coincidence; the wide image checks Qwen's dynamic resolution and CLIP's centre crop."""
     a = tiny(name); localise_vision(a)
-    blank = Image.new("RGB", (W, H), GREY)
-    probe = word_maps(a, [blank], answers=["a"])[0]                 # the grid and its extent for this image size
-    rows, cols = probe["grid"].shape[1:]
-    box = cell_box(None, probe["extent"], rows, cols, 1, cols - 1)
-    r = word_maps(a, [scene(W, H, box)], answers=["two ships near the harbor"], feature_transform=blank_minus(a, blank))[0]
-    assert r["words"] == ["two", "ships", "near", "the", "harbor"]
-    assert r["grid"].shape == (5, rows, cols) and r["size"] == (W, H)
-    assert np.isfinite(r["grid"]).all() and r["grid"].min() >= 0 and r["grid"].max() <= 1
-    for g in r["grid"]:
-        assert g.max() == 1.0
-        assert np.unravel_index(g.argmax(), g.shape) == (1, cols - 1)
-        assert (g > 0).sum() == 1                                    # nothing outside the region's cell
-        up = upsample(g, r["size"], r["extent"])
+    (rows, cols), res = _known_region(a, W, H)
+    if name.startswith("qwen"): assert (rows, cols) == ((4, 4) if W == H else (4, 5))
+    else: assert (rows, cols) == (8, 8)
+    for (i, j), r, box in res:
+        assert r["words"] == ["two", "ships"] and r["grid"].shape == (2, rows, cols) and r["size"] == (W, H)
+        assert np.isfinite(r["grid"]).all() and r["grid"].min() >= 0 and r["grid"].max() <= 1
+        for g in r["grid"]:
+            assert g.max() == 1.0 and np.unravel_index(g.argmax(), g.shape) == (i, j), (i, j)
+            assert (g > 0).sum() == 1                                    # nothing outside the region's cell
+        up = upsample(r["grid"][1], r["size"], r["extent"])
         assert up.shape == (H, W) and 0 <= up.min() and up.max() <= 1
-        y, x = np.unravel_index(up.argmax(), up.shape)
-        assert box[0] <= x < box[2] and box[1] <= y < box[3], (x, y, box)
+        x, y = peak(r["grid"][1], r["extent"])
+        assert box[0] <= x < box[2] and box[1] <= y < box[3], (x, y, box)      # the map's maximum on the image is in the region
+        assert up[box[1]:box[3], box[0]:box[2]].max() == up.max()
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("W,H", [(112, 112), (168, 112)])
+def test_known_region_qwen_patch_level(name, W, H):
+    "level='vision' (the merger's input, one feature per 14 px patch): the 2x2 merge windows and Qwen2.5's attention windows undone, for every patch."
+    a = load_vlm(name); localise_vision(a)
+    (rows, cols), res = _known_region(a, W, H, level="vision")
+    assert (rows, cols) == ((8, 8) if W == H else (8, 10))
+    for (i, j), r, box in res:
+        for g in r["grid"]:
+            assert np.unravel_index(g.argmax(), g.shape) == (i, j) and (g > 0).sum() == 1, (i, j)
 
 
 def test_grid_shapes_follow_the_processors():
@@ -163,7 +186,7 @@ def test_answers_and_category_words():
 
 def _small_run(tmp_path, models, profile="smoke", with_boxes=True):
     "A run with a few images, a COCO file and LoRA adapters trained for 2 steps; the required stages' manifests written."
-    from sarlang_nb.finetune import finetune, toy_dataset
+    from sarlang_nb.finetune import finetune, demo_dataset
     rd = open_run(tmp_path/"run", profile, models=models)
     if with_boxes:
         rng = np.random.default_rng(0); images, anns = [], []
@@ -175,7 +198,7 @@ def _small_run(tmp_path, models, profile="smoke", with_boxes=True):
                      dict(id=len(anns) + 2, image_id=i + 1, category_id=5, bbox=[20, 180, 40, 20], area=800, iscrowd=0)]
         write_json(rd.annotations/"test.json", dict(images=images, annotations=anns,
                                                     categories=[dict(id=0, name="ship"), dict(id=5, name="harbor")]))
-    files = toy_dataset(tmp_path/"toy", 8)
+    files = demo_dataset(tmp_path/"demo", 8)
     for m in models:
         finetune(m, [files["vqa_train"]], rd.models(m)/"lora", recipe="smoke", max_steps=2, batch_size=2, save_steps=100)
     rd.write_manifest("03_synthetic", []); rd.write_manifest("10_finetune", [])
