@@ -6,7 +6,7 @@ Docs: https://sarlang.github.io/sarlang-nb/sario.html.md"""
 
 # %% ../nbs/01_sario.ipynb #f2c47180
 from __future__ import annotations
-import io, json, re
+import io, os, json, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from .core import SarlangError, atomic_write
 
 # %% auto #0
-__all__ = ['POLS', 'IMAGE_EXTS', 'SarRaster', 'write_geotiff', 'read_raster', 'read_sar', 'find_images']
+__all__ = ['POLS', 'IMAGE_EXTS', 'MAX_PIXELS', 'SarRaster', 'write_geotiff', 'pixel_limit', 'read_raster', 'read_sar',
+           'find_images']
 
 # %% ../nbs/01_sario.ipynb #da9ee2c4
 POLS = ("HH", "HV", "VH", "VV")
@@ -98,10 +99,30 @@ def write_geotiff(path,                  # the .tif file to write
     return atomic_write(path, buf.getvalue())
 
 # %% ../nbs/01_sario.ipynb #209d35cf
-def _read_display(path):
-    "8/16-bit display image -> (amplitude (1,H,W) in [0,1], source)."
+MAX_PIXELS = 2**30  # samples (bands x height x width) a file may declare before it is read: 4 GiB as float32
+
+def pixel_limit(max_pixels:int|None=None): # an explicit limit (None: $SARLANG_MAX_PIXELS, else `MAX_PIXELS`)
+    "The size limit in samples (bands x height x width) that `read_raster` enforces before reading pixel data."
+    v, src = (max_pixels, "max_pixels") if max_pixels is not None else (os.environ.get("SARLANG_MAX_PIXELS"), "$SARLANG_MAX_PIXELS")
+    if v is None or v == "": return MAX_PIXELS
+    try: n = int(float(v))
+    except (TypeError, ValueError): n = 0
+    if n < 1: raise SarlangError(f"{src} must be a positive number of samples, not {v!r}")
+    return n
+
+def _check_size(shape, limit, path): # declared shape (any axes); the limit; the file
+    "Refuse a raster whose header declares more than `limit` samples, before any pixel is read or memory allocated."
+    n = int(np.prod([int(d) for d in shape], dtype=object))
+    if n > limit:
+        raise SarlangError(f"the header declares {' x '.join(str(int(d)) for d in shape)} = {n:,} samples, more than the limit of "
+                           f"{limit:,} (about {limit * 4 / 2**30:.0f} GiB as float32): refused before reading. A corrupt or hostile header, "
+                           "or a scene to cut into tiles first; raise the limit with max_pixels= or $SARLANG_MAX_PIXELS", path)
+
+def _read_display(path, limit=MAX_PIXELS):
+    "8/16-bit display image -> (amplitude (1,H,W) in [0,1], source); its declared size is checked before decoding."
     try:
         with Image.open(path) as im:
+            _check_size((len(im.getbands()), im.height, im.width), limit, path)
             im.load()
             # grey+alpha: drop the alpha; palette: look the colours up (indices are not grey levels); bilevel: 0/255
             if im.mode in ("LA", "La", "1"): im = im.convert("L")
@@ -109,6 +130,9 @@ def _read_display(path):
             mode = im.mode
             a = np.asarray(im)
     except UnidentifiedImageError: raise SarlangError("not a readable image (unknown or corrupt format)", path) from None
+    except Image.DecompressionBombError as e:
+        raise SarlangError(f"refused as a possible decompression bomb: {e} (a tiny file declaring a huge image)", path) from None
+    except MemoryError: raise SarlangError("not enough memory to decode this image", path) from None
     except (OSError, SyntaxError, ValueError) as e: raise SarlangError(f"corrupt or truncated image ({e})", path) from None
     if a.size == 0: raise SarlangError("empty image (0 pixels)", path)
     if mode in ("I;16", "I;16B", "I;16L", "I") or a.dtype == np.uint16 or a.dtype == np.int32:
@@ -119,12 +143,14 @@ def _read_display(path):
         a = a[..., 0] if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]) else a.mean(-1)
     return (a.astype(np.float32)/scale)[None], source
 
-def _bands_first(tif, path):
-    "The raster as (bands, H, W), from the axes tifffile reports; same-sized pages (one per band) are stacked."
+def _bands_first(tif, path, limit=MAX_PIXELS):
+    "The raster as (bands, H, W), from the axes tifffile reports; same-sized pages (one per band) are stacked. The declared size is checked first."
     series = tif.series
     s0 = series[0]
     if len(series) > 1 and all(s.shape == s0.shape and s.axes == s0.axes for s in series) and set(s0.axes) <= set("YX"):
+        _check_size((len(series), *s0.shape), limit, path)
         return np.stack([s.asarray() for s in series])                       # one page per band
+    _check_size(s0.shape, limit, path)
     a, axes = s0.asarray(), s0.axes
     for ax in [x for x in axes if x not in "YX" and a.shape[axes.index(x)] == 1]:   # drop unit axes
         a = a.squeeze(axes.index(ax)); axes = axes.replace(ax, "", 1)
@@ -133,15 +159,16 @@ def _bands_first(tif, path):
     if len(axes) == 2: a, axes = a[None], "B" + axes
     return np.moveaxis(a, [axes.index(x) for x in axes if x not in "YX"] + [axes.index("Y"), axes.index("X")], [0, 1, 2])
 
-def _read_tiff(path, stored):
+def _read_tiff(path, stored, limit=MAX_PIXELS):
     import tifffile
     try:
         with tifffile.TiffFile(path) as tif:
-            a = _bands_first(tif, path)
+            a = _bands_first(tif, path, limit)
             names, meta = _bands_from_tiff(tif)
             rgb = tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
     except (tifffile.TiffFileError, ValueError, OSError, IndexError) as e:
         raise SarlangError(f"corrupt or unreadable TIFF ({e})", path) from None
+    except MemoryError: raise SarlangError("not enough memory to read this raster", path) from None
     if a.size == 0: raise SarlangError("empty raster (0 pixels)", path)
     if names is None or len(names) != a.shape[0]: names = [f"band{i}" for i in range(a.shape[0])]
     if np.iscomplexobj(a): return np.abs(a).astype(np.float32), names, "complex", "amplitude"
@@ -162,17 +189,19 @@ def read_raster(path,                    # image file: .png/.jpg/.bmp/.tif/.tiff
                 domain:str="intensity",  # domain of the returned data: "intensity" or "amplitude"
                 stored:str|None=None,    # float TIFFs only: what the file holds ("intensity", "amplitude", "db"); default from its metadata, else intensity
                 band_names=None,         # override/give band names, e.g. ["HH", "HV", "VH", "VV"]
-                check:bool=True):        # raise on non-finite or negative values
+                check:bool=True,         # raise on non-finite or negative values
+                max_pixels:int|None=None): # refuse files declaring more samples (bands x H x W); None: `pixel_limit()`
     "Read a SAR image file into a `SarRaster` in `domain`."
     _check_domain(domain)
+    limit = pixel_limit(max_pixels)
     path = Path(path)
     if not path.exists(): raise SarlangError("file not found", path)
     if path.is_dir(): raise SarlangError("is a folder, not an image file", path)
     if path.stat().st_size == 0: raise SarlangError("empty file (0 bytes)", path)
     ext = path.suffix.lower()
-    if ext in (".tif", ".tiff"): data, names, source, have = _read_tiff(path, stored)
+    if ext in (".tif", ".tiff"): data, names, source, have = _read_tiff(path, stored, limit)
     elif ext in IMAGE_EXTS:
-        data, source = _read_display(path); names, have = ["band0"], "amplitude"
+        data, source = _read_display(path, limit); names, have = ["band0"], "amplitude"
     else: raise SarlangError(f"unsupported file type {ext!r}; expected one of {', '.join(IMAGE_EXTS)}", path)
     if band_names is not None:
         if len(band_names) != data.shape[0]: raise SarlangError(f"{len(band_names)} band names given for {data.shape[0]} band(s)", path)
@@ -188,11 +217,12 @@ def read_raster(path,                    # image file: .png/.jpg/.bmp/.tif/.tiff
 def read_sar(path,                   # image file
              pol=None,               # band to return by name ("VV") or index; None: all bands (single band -> (H, W))
              domain:str="intensity", # "intensity" or "amplitude"
-             **kwargs):              # passed to `read_raster` (stored, band_names, check)
+             **kwargs):              # passed to `read_raster` (stored, band_names, check, max_pixels)
     "Read a SAR image as a float32 array in `domain`: (H, W) for one band, else (bands, H, W)."
     r = read_raster(path, domain=domain, **kwargs)
     if pol is not None: return r.band(pol)
     return r.data[0] if r.data.shape[0] == 1 else r.data
+
 
 # %% ../nbs/01_sario.ipynb #27aa82e4
 def find_images(*srcs,                 # files and/or folders

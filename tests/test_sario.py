@@ -118,3 +118,65 @@ def test_find_images_skips_hidden_folders(tmp_path):
         (tmp_path/rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path/rel)
     assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a.png", "sub/b.png"]
+
+# ---------------------------------------------------------------- issue 17: sizes declared by headers, one reader rule
+import struct, zlib, time
+from sarlang_nb import sario
+
+def huge_tiff_header(w=100000, h=100000):
+    "A TIFF whose header claims w x h float32 pixels (37 GiB) while the file holds 16 bytes of data."
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 32), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 0),
+            (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, 16), (339, 3, 1, 3)]
+    data_off = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags))
+    for t, typ, n, v in tags:
+        v = data_off if t == 273 else v
+        out += struct.pack("<HHI", t, typ, n) + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
+    return out + struct.pack("<I", 0) + b"\x00" * 16
+
+def bomb_png(w=100000, h=100000):
+    "A PNG of a few hundred bytes whose header claims w x h grey pixels."
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+def test_huge_tiff_header_refused_before_allocation(tmp_path):
+    (tmp_path/"huge.tif").write_bytes(huge_tiff_header())
+    t0 = time.perf_counter()
+    with pytest.raises(SarlangError, match=r"huge\.tif: the header declares 100000 x 100000 = 10,000,000,000 samples, more than the limit"):
+        read_raster(tmp_path/"huge.tif")
+    assert time.perf_counter() - t0 < 5
+
+def test_decompression_bomb_png_is_a_clear_error(tmp_path):
+    (tmp_path/"bomb.png").write_bytes(bomb_png())
+    with pytest.raises(SarlangError, match=r"bomb\.png: .*(decompression bomb|more than the limit)"): read_sar(tmp_path/"bomb.png")
+    (tmp_path/"big.png").write_bytes(bomb_png(9000, 9000))            # below Pillow's limits, above ours when lowered
+    with pytest.raises(SarlangError, match="9000 x 9000"): read_sar(tmp_path/"big.png", max_pixels=10**7)
+
+def test_size_limit_is_configurable(tmp_path, monkeypatch):
+    a = np.ones((2, 40, 50), np.float32)
+    write_geotiff(tmp_path/"s.tif", a, bands=["HH", "HV"])
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path/"s.png")
+    assert read_raster(tmp_path/"s.tif", max_pixels=4000).data.shape == (2, 40, 50)
+    with pytest.raises(SarlangError, match="2 x 40 x 50 = 4,000 samples"): read_raster(tmp_path/"s.tif", max_pixels=3999)
+    with pytest.raises(SarlangError, match="1 x 40 x 50 = 2,000"): read_raster(tmp_path/"s.png", max_pixels=1999)
+    monkeypatch.setenv("SARLANG_MAX_PIXELS", "1000")
+    with pytest.raises(SarlangError, match="limit of 1,000"): read_raster(tmp_path/"s.png")
+    monkeypatch.setenv("SARLANG_MAX_PIXELS", "lots")
+    with pytest.raises(SarlangError, match="SARLANG_MAX_PIXELS must be a positive number"): read_raster(tmp_path/"s.png")
+
+def test_one_reader_rule_for_tiff_sample_types(tmp_path):
+    "complex64 -> |z|, float16 -> float32, NaN and negative refused: the rule every command should read SAR through."
+    import tifffile
+    z = (np.arange(12, dtype=np.float32).reshape(3, 4) + 1j * 2).astype(np.complex64)
+    tifffile.imwrite(tmp_path/"slc.tif", z)
+    np.testing.assert_allclose(read_sar(tmp_path/"slc.tif", domain="amplitude"), np.abs(z), rtol=1e-6)
+    h = (np.arange(12).reshape(3, 4) / 4).astype(np.float16)
+    tifffile.imwrite(tmp_path/"h.tif", h)
+    r = read_raster(tmp_path/"h.tif")
+    assert r.data.dtype == np.float32 and r.source == "float"
+    np.testing.assert_array_equal(r.data[0], h.astype(np.float32))
+    for name, bad, msg in (("nan.tif", np.float32("nan"), "1 non-finite"), ("neg.tif", np.float32(-2), "1 negative")):
+        a = np.ones((3, 4), np.float32); a[1, 1] = bad
+        tifffile.imwrite(tmp_path/name, a)
+        with pytest.raises(SarlangError, match=msg): read_sar(tmp_path/name)
