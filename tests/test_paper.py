@@ -232,3 +232,8 @@ def test_training_logs_prefer_the_model_card_history(tmp_path):
     write_json(rd.models("qwen2-vl")/"lora"/"sarlang_finetune.json",
                {"log_history": [{"step": 10, "loss": 2.0, "learning_rate": 1e-4}, {"step": 20, "loss": 1.0, "learning_rate": 5e-5}, {"train_runtime": 3.0, "step": 20}]})
     assert paper.training_logs(rd) == {"qwen2-vl": [dict(step=10, loss=2.0, learning_rate=1e-4), dict(step=20, loss=1.0, learning_rate=5e-5)]}
+
+def test_fig8_survives_an_unreadable_image(tmp_path):
+    rd = make_demo_run(tmp_path/"run")
+    (rd.sar_images/"0000001.png").write_bytes(b"not a png")
+    assert paper.plot_qualitative(rd, tmp_path/"f8.png").read_bytes()[:4] == b"\x89PNG"
