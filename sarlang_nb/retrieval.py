@@ -209,7 +209,7 @@ def landcover_facts(mask,          # (H, W) integer class index per pixel
     if m.min() < 0 or m.max() >= len(names):
         raise SarlangError(f"land-cover mask holds class index {int(m.max() if m.max() >= len(names) else m.min())}, but only {len(names)} classes are named ({', '.join(names)})", path)
     frac = np.bincount(m.ravel(), minlength=len(names))/m.size
-    fr = {names[i]: round(float(frac[i]), 4) for i in np.argsort(-frac, kind="stable") if frac[i] > 0}
+    fr = {names[i]: float(frac[i]) for i in np.argsort(-frac, kind="stable") if frac[i] > 0}   # exact: percentages are rounded once, from these
     dom = next(iter(fr))
     named = [dom] + [n for n in fr if n != dom and fr[n] >= min_named][:max_named - 1]
     return dict(fractions=fr, dominant=dom, named=named)
@@ -391,8 +391,12 @@ def narrate(items:list,                 # dicts: image_id, image, split, width, 
 def _find_image(root, stem, file_name, split):
     root = Path(root)
     for rel in (f"SARimages/{stem}.png", f"SARimages/{file_name}", f"detection/JPEGImages/{split}/{file_name}",
-                f"JPEGImages/{split}/{file_name}", file_name):
+                f"JPEGImages/{split}/{file_name}", f"images/{split}/{file_name}", f"images/{file_name}", file_name):
         if (root/rel).is_file(): return rel
+    if split is None:                    # a COCO file that names no split: any split folder
+        for d in ("detection/JPEGImages", "JPEGImages", "images"):
+            hit = sorted((root/d).glob(f"*/{file_name}")) if (root/d).is_dir() else []
+            if hit: return str(hit[0].relative_to(root))
     return None
 
 def _read_mask(p):
@@ -421,9 +425,10 @@ def folder_landcover(folder, # folder of masks named `<image stem>.png` (one cla
 
 def coco_items(coco_path,          # a COCO detection json (SARDet-100K style)
                root,               # the dataset root the caption records' image paths are relative to
-               landcover=None):    # function stem -> (mask, names, mask path) or None (`world_landcover`, `folder_landcover`)
+               landcover=None,     # function stem -> (mask, names, mask path) or None (`world_landcover`, `folder_landcover`)
+               split:str|None=None): # the split of its images (default: from the file name, train.json / test.json)
     "Narration inputs of every image of a COCO file (an image whose file is not found carries an `error`)."
-    c = formats.read_coco(coco_path)
+    c = formats.read_coco(coco_path, split=split)
     root, out = Path(root), []
     try: rel_ann = str(Path(coco_path).absolute().relative_to(root.absolute()))
     except ValueError: rel_ann = str(coco_path)
@@ -447,13 +452,15 @@ def write_narration(out,         # the folder to write (e.g. RUN/Text/narration:
                     records,     # from `narrate`
                     facts,       # from `narrate`
                     report):     # from `narrate`
-    "Caption-training.csv, Caption_test.csv (complex), Caption_test1.csv (concise), facts.jsonl, narration_report.json."
-    out = Path(out); groups = {"Caption-training": [], "Caption_test": [], "Caption_test1": []}
+    "Caption-training.csv, Caption_test.csv (complex), Caption_test1.csv (concise), captions.csv (no split), facts.jsonl, narration_report.json."
+    out = Path(out); groups = {"Caption-training": [], "Caption_test": [], "Caption_test1": [], "captions": []}
     for r in records:
         if r.get("split") == "train": groups["Caption-training"].append(r)
         elif r.get("split") == "test": groups["Caption_test" if r["style"] == "complex" else "Caption_test1"].append(r)
+        else: groups["captions"].append(r)
     files = []
     for stem, rs in groups.items():
+        if stem == "captions" and not rs: (out/"captions.csv").unlink(missing_ok=True); continue
         formats.write_csv_records(out/f"{stem}.csv", rs, NARRATION_COLUMNS); files.append(out/f"{stem}.csv")
     atomic_write(out/"facts.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in facts)); files.append(out/"facts.jsonl")
     files.append(write_json(out/"narration_report.json", report))
@@ -695,7 +702,7 @@ class ClampLogitScale(TrainerCallback):
         with torch.no_grad(): _logit_scale(model).clamp_(0, LOGIT_SCALE_MAX)
     def on_save(self, args, state, control, model=None, **kw):
         d = Path(args.output_dir)/f"checkpoint-{state.global_step}"
-        if d.is_dir(): write_json(d/"logit_scale.json", {"logit_scale": float(_logit_scale(model))})
+        if d.is_dir(): write_json(d/"logit_scale.json", {"logit_scale": float(_logit_scale(model).detach())})
 
 class ClipTrainer(Trainer):
     "The Trainer with `clip_loss` and OpenCLIP's weight-decay exclusions."
@@ -744,7 +751,8 @@ def apply_clip_lora(model, r:int=16, alpha:int=32): # a CLIPModel; LoRA rank and
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
                      modules_to_save=["visual_projection", "text_projection"])
-    pm = get_peft_model(model, cfg)
+    from sarlang_nb.finetune import _quiet_peft
+    with _quiet_peft(): pm = get_peft_model(model, cfg)
     _logit_scale(pm).requires_grad_(True)
     return pm
 
@@ -815,9 +823,12 @@ def finetune_clip(train_files,               # caption files to train on (releas
         res = tr.train(resume_from_checkpoint=str(prior[-1]) if prior else None)
     wall = time.time() - t0
     losses = [l["loss"] for l in tr.state.log_history if "loss" in l]
-    scale = float(_logit_scale(model).exp())
+    scale = float(_logit_scale(model).detach().exp())
     if h["mode"] == "lora":
-        if tr.is_world_process_zero(): model.save_pretrained(out/"adapter")
+        if tr.is_world_process_zero():
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model.save_pretrained(out/"adapter")
         b.model = model.merge_and_unload()
     b.model.eval()
     info = dict(base=request["base"], base_source=b.source.replace("tiny random CLIP", "tiny random CLIP built from a config"), recipe=recipe,
@@ -932,7 +943,6 @@ def run_stage(rd,                         # the run (`core.RunDir`)
               ties:str="pessimistic",     # tie rule
               **hp):                      # recipe overrides: mode, epochs, batch_size, lr, max_steps, ...
     "Stage 14: narrate, zero-shot eval, fine-tune, eval, and write the zero-shot vs fine-tuned table."
-    rd.require(*REQUIRES)
     cfg = rd.config; profile = cfg.get("profile", "smoke"); seed = cfg.get("seed", 0)
     captions = captions or ("release" if profile == "paper" else "narrated")
     if captions not in ("narrated", "release"): raise SarlangError(f"captions must be 'narrated' or 'release', not {captions!r}")
@@ -941,6 +951,8 @@ def run_stage(rd,                         # the run (`core.RunDir`)
     if profile == "paper" and not clip_path:
         raise SarlangError("the paper profile needs a CLIP checkpoint: pass clip_path (a Hugging Face CLIPModel folder or an OpenCLIP "
                            "checkpoint file), e.g. --param clip_path=/models/RemoteCLIP-ViT-B-32.pt --param tokenizer_path=/models/clip-vit-base-patch32")
+    if clip_path and not Path(clip_path).exists(): raise SarlangError(f"clip_path {clip_path}: no such file or folder")
+    rd.require(*REQUIRES)
     t0 = time.time(); outs, nrep = [], None
     if captions == "narrated":
         files, nrep = narrate_run(rd, det_root, landcover_dir, landcover_classes, rewrite, llm_model, base_url)
@@ -986,10 +998,11 @@ def narrate_cmd(annotations:str,           # COCO detection json file(s), comma-
                 landcover_classes:str=None, # their class names, comma-separated, in index order
                 rewrite:str="template",    # stage 4: template, llm or none
                 llm_model:str="gpt-4o-mini", # LLM for --rewrite llm (OPENAI_API_KEY from the environment)
-                base_url:str=None):        # OpenAI-compatible endpoint for --rewrite llm
+                base_url:str=None,         # OpenAI-compatible endpoint for --rewrite llm
+                split:str=None):           # split of the images when an annotation file's name does not say (train/test)
     "Narrate SAR images from their detection boxes (and land-cover masks) into release-format caption files."
     lc = folder_landcover(landcover_dir, _split_list(_req(landcover_classes, "--landcover-classes"))) if landcover_dir else None
-    items = [it for a in _split_list(annotations) for it in coco_items(a, root, lc)]
+    items = [it for a in _split_list(annotations) for it in coco_items(a, root, lc, split)]
     client = None
     if rewrite == "llm":
         from sarlang_nb.llm import LLMClient
