@@ -54,4 +54,5 @@ $(LAB_STAMP): $(STAMP)
 	touch $(LAB_STAMP)
 
 lab: $(LAB_STAMP)
-	JUPYTER_PATH="$(abspath $(VENV))/share/jupyter" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) nbs/index.ipynb
+	JUPYTER_PATH="$(abspath $(VENV))/share/jupyter" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS) nbs/index.ipynb
