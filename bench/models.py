@@ -3,7 +3,7 @@
     .venv/bin/python bench/models.py [--models qwen2-vl blip] [--steps 20] [--threads 1]
 
 Training: the smoke recipe's trainable set (LoRA r=8 on the language model + embeddings/output layer), AdamW,
-batch 8 of toy SAR examples (112 px), forward+backward+step, timed after 3 warm-up steps.
+batch 8 of demo SAR examples (112 px), forward+backward+step, timed after 3 warm-up steps.
 Inference: batched greedy generation (batch 8, exactly 32 new tokens each: min_new_tokens = max_new_tokens).
 Prints figures only (never pass/fail).
 """
@@ -54,9 +54,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads); torch.manual_seed(0)
-    from sarlang_nb.finetune import toy_dataset
+    from sarlang_nb.finetune import demo_dataset
     with tempfile.TemporaryDirectory() as d:
-        files = toy_dataset(Path(d), 40)
+        files = demo_dataset(Path(d), 40)
         print(f"tiny models on CPU ({a.threads} thread(s)), batch {a.batch}, torch {torch.__version__}")
         print(f"{'model':12s} {'params':>9s} {'trainable':>10s} {'prompt tok':>10s} {'train samples/s':>16s} {'infer tokens/s':>15s}")
         for m in a.models:

@@ -30,7 +30,7 @@ QWEN25_VL_7B = dict(   # Qwen/Qwen2.5-VL-7B-Instruct config.json (published valu
     image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
     tie_word_embeddings=False)
 
-TINY = dict(   # --dry-run-cpu: same code path, toy sizes
+TINY = dict(   # --dry-run-cpu: same code path, demo sizes
     text_config=dict(QWEN25_VL_7B["text_config"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_window_layers=2,
                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}),

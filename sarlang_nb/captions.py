@@ -588,16 +588,21 @@ def record_stats(records:Iterable, vocab=STAT_VOCAB) -> dict: # text records of 
     return {"applications": {a: apps[a] for a in APPLICATIONS}, "others": dict(others.most_common()),
             "categories": dict(cats.most_common(30)), "total": sum(apps.values())}
 
-def write_stats(stats:dict, rd_or_dir, name:str="table4_applications"): # `record_stats` output; run dir (or folder)
+def write_stats(stats:dict,           # `record_stats` output
+                rd_or_dir,            # run dir (or folder)
+                name:str="table4_applications", # the table's file stem
+                data:str|None=None):  # the records' provenance, stated in the table (default: the run's)
     "Table 4 (md + csv in tables/) and Fig. 4 (png in figures/); returns the files written."
     import matplotlib; import matplotlib.pyplot as plt
     root = Path(getattr(rd_or_dir, "path", rd_or_dir))
     apps, tot = stats["applications"], max(stats["total"], 1)
-    md = "| application | samples | share |\n|---|---:|---:|\n" + "".join(f"| {a} | {n:,} | {100*n/tot:.1f}% |\n" for a, n in apps.items())
+    if data is None: data = rd_or_dir.provenance if hasattr(rd_or_dir, "provenance") else "unknown"
+    md = f"Table 4 — samples per application (data: {data}; {stats['total']:,} text records).\n\n"
+    md += "| application | samples | share |\n|---|---:|---:|\n" + "".join(f"| {a} | {n:,} | {100*n/tot:.1f}% |\n" for a, n in apps.items())
     md += f"| **total** | **{stats['total']:,}** | 100% |\n"
     csv = "application,samples\n" + "".join(f"{a},{n}\n" for a, n in apps.items())
     f1, f2 = atomic_write(root/"tables"/f"{name}.md", md), atomic_write(root/"tables"/f"{name}.csv", csv)
-    f3 = write_json(root/"tables"/"text_stats.json", stats)
+    f3 = write_json(root/"tables"/"text_stats.json", {**stats, "data": data})
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     nz = {a: n for a, n in apps.items() if n}
     if nz: ax[0].pie(list(nz.values()), labels=list(nz), autopct="%1.1f%%", textprops={"fontsize": 7})

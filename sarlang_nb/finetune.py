@@ -16,7 +16,7 @@ from .models import load_vlm, record_example, MODELS
 from . import formats
 
 # %% auto #0
-__all__ = ['RECIPES', 'CKPT_REQUEST', 'REQUIRES', 'read_records', 'load_examples', 'toy_dataset', 'SFTDataset', 'Collator',
+__all__ = ['RECIPES', 'CKPT_REQUEST', 'REQUIRES', 'read_records', 'load_examples', 'demo_dataset', 'SFTDataset', 'Collator',
            'apply_lora', 'write_model_card', 'positive_int', 'positive_float', 'fraction', 'check_hparams',
            'checkpoints', 'check_resume', 'finetune', 'load_finetuned', 'main', 'run_files', 'finetune_run']
 
@@ -66,7 +66,7 @@ def load_examples(paths,                 # one path or a list of data files
 # %% ../nbs/10_finetune.ipynb #deb68e85
 _POS = ("top left", "top right", "bottom left", "bottom right")
 
-def _toy_image(rng, n_obj:int, cls:str, size:int=112):
+def _demo_sar_image(rng, n_obj:int, cls:str, size:int=112):
     img = rng.gamma(1.0, 0.05, (size, size))                       # speckled dark water (ENL 1)
     for _ in range(n_obj):
         y, x = rng.integers(12, size - 12, 2)
@@ -77,17 +77,17 @@ def _toy_image(rng, n_obj:int, cls:str, size:int=112):
     img = img*rng.gamma(4.0, .25, img.shape)                        # multiplicative speckle on the targets
     return Image.fromarray((np.clip(np.sqrt(img)/1.3, 0, 1)*255).astype(np.uint8))
 
-def toy_dataset(root,               # dataset root to write (SARimages/, Text/)
+def demo_dataset(root,               # dataset root to write (SARimages/, Text/)
                 n_images:int=60,    # images (70% train, 30% test)
                 seed:int=0):        # random seed
-    "Write a toy SAR VQA/caption set in the release layout; returns the paths of the text files."
+    "Write a demo SAR VQA/caption set in the release layout; returns the paths of the text files."
     root = Path(root); rng = np.random.default_rng(seed)
     vqa = {"train": [], "test": []}; caps = {"train": [], "test": []}
     for i in range(n_images):
         split = "train" if i < int(.7*n_images) else "test"
         cls = "ship" if rng.random() < .7 else "aircraft"; k = int(rng.integers(0, 5)) if cls == "ship" else int(rng.integers(1, 3))
-        iid = f"{9000000 + i:07d}"; rel = f"SARimages/toy_{iid}.png"
-        (root/"SARimages").mkdir(parents=True, exist_ok=True); _toy_image(rng, k, cls).save(root/rel)
+        iid = f"{9000000 + i:07d}"; rel = f"SARimages/demo_{iid}.png"
+        (root/"SARimages").mkdir(parents=True, exist_ok=True); _demo_sar_image(rng, k, cls).save(root/rel)
         base = dict(image=rel, source="paired", image_id=iid, split=split)
         vqa[split] += [dict(base, question=f"How many {cls}s are there in the image", answer=str(k), application="instance counting"),
                        dict(base, question="Is there any ship in the image", answer="yes" if cls == "ship" and k else "no", application="object identification"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from .core import SarlangError, write_json, atomic_write, progress, sha256_file
 from .models import load_vlm, MODELS
-from .finetune import load_examples, load_finetuned, toy_dataset, finetune, positive_int
+from .finetune import load_examples, load_finetuned, demo_dataset, finetune, positive_int
 from . import formats
 
 # %% auto #0

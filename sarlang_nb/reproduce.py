@@ -8,7 +8,7 @@ Docs: https://sarlang.github.io/sarlang-nb/reproduce.html.md"""
 from __future__ import annotations
 import argparse, json, os, re, sys, time
 from pathlib import Path
-from .core import SarlangError, RunDir, repo_root, sarlang_home, write_json, read_json, PROFILES, check_no_secrets
+from .core import SarlangError, RunDir, repo_root, sarlang_home, write_json, read_json, PROFILES, check_no_secrets, update_config
 
 # %% auto #0
 __all__ = ['PARAMS_FILE', 'notebooks_dir', 'stage_notebooks', 'select_stages', 'parse_kv', 'declared_parameters',
@@ -99,10 +99,17 @@ def run_stage(nb:Path,              # the stage notebook
     return out
 
 # %% ../nbs/90_reproduce.ipynb #ce0d5386
-def check_paper_inputs(data_root, model_paths:dict):
-    "The paper profile's paths must exist; a missing one is an error naming the flag to set."
+def check_paper_inputs(data_root,             # --data-root
+                       model_paths:dict,      # --model-path values
+                       workflow:str="release"): # the run's workflow: "release" or "rebuild"
+    "The paper profile's paths must exist (the release's SARimages/ and Text/ too); a missing one is an error naming the flag to set."
+    if workflow not in ("release", "rebuild"): raise SarlangError(f"--param workflow must be 'release' or 'rebuild', not {workflow!r}")
     if not data_root: raise SarlangError("the paper profile needs the SARLANG-1M release: pass --data-root /path/to/SARLANG-1M")
     if not Path(data_root).is_dir(): raise SarlangError(f"--data-root {data_root}: no such folder")
+    need = ["SARimages"] + (["Text"] if workflow == "release" else [])
+    missing = [n for n in need if not (Path(data_root)/n).is_dir()]
+    if missing: raise SarlangError(f"--data-root {data_root}: no {' or '.join(n + '/' for n in missing)} folder; the release workflow reads the "
+                                   "release as published (SARimages/ and Text/ with Text/caption/ and Text/VQA/{train,test}/)")
     for name, p in model_paths.items():
         if not Path(p).is_dir(): raise SarlangError(f"--model-path {name}={p}: no such folder (point it at local weights)")
 
@@ -141,7 +148,7 @@ def reproduce(run_dir="runs/smoke",   # the run folder
     if resume and rd.config:   # a resumed run keeps its release and weights unless the flags name others
         data_root = data_root or rd.config.get("data_root")
         model_paths = model_paths or dict(rd.config.get("model_paths") or {})
-    if profile == "paper": check_paper_inputs(data_root, model_paths)
+    if profile == "paper": check_paper_inputs(data_root, model_paths, params.get("workflow") or (rd.config.get("workflow") if resume else None) or PROFILES["paper"]["workflow"])
     params = {k: _abs_if_path(v) for k, v in params.items()}   # the stages run in another folder
     rd.create()
     base = dict(run_dir=str(rd.path), profile=profile, data_root=str(Path(data_root).absolute()) if data_root else None,
@@ -153,8 +160,6 @@ def reproduce(run_dir="runs/smoke",   # the run folder
     base["overrides"] = {k: v for k, v in params.items() if k in PROFILES[profile]}  # config keys: 00_core writes them to config.json
     # parameters are written into every executed notebook: refuse secret-looking values (names like max_new_tokens are fine)
     check_no_secrets(list(base.values()), "--param/--model-path/--data-root")
-    ignored = sorted(k for k in base["overrides"] if k not in declared) if "00_core" not in {s.stem for s in todo} else []
-    if ignored: raise SarlangError(f"--param {', '.join(ignored)}: config value(s) are written by stage 00_core, which is not selected; add 00 to --stages")
     if resume and rd.config:   # a resumed run skips 00_core and the stages already done: it cannot take a new configuration
         diff = {k: v for k, v in base["overrides"].items() if rd.config.get(k) != v}
         diff.update({k: base[k] for k in ("data_root", "model_paths") if (rd.config.get(k) or None) != (base[k] or None)})
@@ -162,6 +167,10 @@ def reproduce(run_dir="runs/smoke",   # the run folder
         if diff: raise SarlangError(f"--resume keeps the run's configuration ({rd.config_file}), which differs in "
                                     f"{', '.join(f'{k}={rd.config.get(k)!r}' for k in diff)}; run without --resume to apply "
                                     f"{', '.join(f'{k}={v!r}' for k, v in diff.items())}")
+    if "00_core" not in {s.stem for s in todo} and not resume:   # 00_core writes config.json; without it, write the given values here
+        keep = {k: base[k] for k in ("data_root", "model_paths") if base[k]}
+        update_config(rd, profile, **keep, **base["overrides"])
+        if base["overrides"]: print(f"config.json: {', '.join(f'{k}={v!r}' for k, v in base['overrides'].items())} (stage 00_core not selected)", file=out, flush=True)
     print(f"sarlang-reproduce: profile {profile}, run dir {rd.path}, {len(todo)} stage(s): {', '.join(s.stem for s in todo)}", file=out, flush=True)
     ran, skipped, times, t0 = [], [], {}, time.time()
     done_params = read_json(rd.manifests/PARAMS_FILE) if (rd.manifests/PARAMS_FILE).exists() else {}

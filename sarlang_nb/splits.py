@@ -14,9 +14,9 @@ from .core import SarlangError, RunDir, open_run, atomic_write, write_json, file
 
 # %% auto #0
 __all__ = ['SPLITS', 'SARDET_SPLITS', 'NOT_TRANSCRIBED', 'PAPER_TABLE6', 'TABLE6_COLUMNS', 'RECORD_FILES', 'split_hash',
-           'hash_split', 'image_key', 'image_splits', 'assign_splits', 'toy_records', 'LeakageError', 'find_image_file',
-           'image_roots', 'content_hashes', 'check_leakage', 'table6_rows', 'table6_markdown', 'table6_csv',
-           'write_split_release', 'run_records', 'split_run', 'file_split', 'read_release_splits', 'main',
+           'hash_split', 'image_key', 'image_splits', 'assign_splits', 'demo_records', 'LeakageError',
+           'find_image_file', 'image_roots', 'content_hashes', 'check_leakage', 'table6_rows', 'table6_markdown',
+           'table6_csv', 'write_split_release', 'run_records', 'split_run', 'file_split', 'read_release_splits', 'main',
            'split_release', 'run_stage']
 
 # %% ../nbs/07_splits.ipynb #60e8df6e
@@ -74,7 +74,7 @@ def assign_splits(captions:Iterable, vqa:Iterable, # caption and VQA records
     return caps, qa, per
 
 # %% ../nbs/07_splits.ipynb #d51bb86f
-def toy_records(n_paired:int=40, n_sardet:int=20, seed:int=0): # paired images; SARDet images; RNG seed
+def demo_records(n_paired:int=40, n_sardet:int=20, seed:int=0): # paired images; SARDet images; RNG seed
     "Small caption and VQA records (as `sarlang_nb.formats` makes them) for tests: (captions, vqa)."
     rng = random.Random(seed)
     caps, vqa = [], []

@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 
 from sarlang_nb.core import SarlangError, open_run
 from sarlang_nb.models import load_vlm, MODELS, CAPTION_PROMPT
-from sarlang_nb.finetune import toy_dataset, finetune, load_examples, load_finetuned, main as ft_main, finetune_run
+from sarlang_nb.finetune import demo_dataset, finetune, load_examples, load_finetuned, main as ft_main, finetune_run
 from sarlang_nb.inference import predict, main as infer_main, infer_run, score_run, PRED_FILE, RESULT_FILE
 from sarlang_nb import formats
 
@@ -17,15 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy")
-    return d, toy_dataset(d, 12)
+def demo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    return d, demo_dataset(d, 12)
 
 
 @pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl", "llava-1.5", "blip"])
-def test_adapter_trains_and_generates(name, toy, tmp_path):
+def test_adapter_trains_and_generates(name, demo, tmp_path):
     "Each tiny adapter: a few LoRA steps lower the loss on the answers; only LoRA/embedding weights change; adapter reloads."
-    d, files = toy
+    d, files = demo
     info = finetune(name, [files["vqa_train"], files["caption_train"]], tmp_path/"out", recipe="smoke", max_steps=6,
                     batch_size=4, logging_steps=1, save_steps=100)
     m = info["train_metrics"]
@@ -47,8 +47,8 @@ def test_paper_recipe_defaults():
     assert r["image_max_pixels"] == 262144 and r["train_embeddings"] is False
 
 
-def test_collator_masks_all_but_answer(toy):
-    d, files = toy
+def test_collator_masks_all_but_answer(demo):
+    d, files = demo
     ad = load_vlm("qwen2-vl")
     e = ad.encode(load_examples(files["vqa_train"])[0]["image"], "Question: How many ships are there in the image. Answer the question concisely.", "3")
     b = ad.collate([e, ad.encode(load_examples(files["caption_train"])[0]["image"], CAPTION_PROMPT, "There are 3 ships on the dark sea surface.")])
@@ -62,9 +62,9 @@ def test_missing_weights_is_clear():
     with pytest.raises(SarlangError, match="unknown model"): load_vlm("gpt-2")
 
 
-def test_cli_finetune_infer_resume(toy, tmp_path, capsys):
+def test_cli_finetune_infer_resume(demo, tmp_path, capsys):
     "sarlang-finetune then sarlang-infer: adapter, both prediction files; --resume continues; inference resumes."
-    d, files = toy
+    d, files = demo
     out = tmp_path/"ad"
     args = ["--model", "qwen2-vl", "--recipe", "smoke", "--data", str(files["vqa_train"]), str(files["caption_train"]),
             "--out", str(out), "--batch-size", "2", "--save-steps", "2"]
@@ -91,8 +91,8 @@ def test_cli_finetune_infer_resume(toy, tmp_path, capsys):
     assert st["resumed_rows"] == 5 and formats.read_predictions(p/PRED_FILE) == rows
 
 
-def test_cli_bad_input(tmp_path, toy, capsys):
-    d, files = toy
+def test_cli_bad_input(tmp_path, demo, capsys):
+    d, files = demo
     assert ft_main(["--model", "qwen2-vl", "--data", str(tmp_path/"none.json"), "--out", str(tmp_path/"o")]) == 2
     assert "none.json: data file not found" in capsys.readouterr().err
     bad = tmp_path/"Text"/"VQA"/"train"/"bad.json"; bad.parent.mkdir(parents=True); bad.write_text('[{"image": "x.png"}]')
@@ -104,7 +104,7 @@ def test_cli_bad_input(tmp_path, toy, capsys):
 
 
 def test_stage_functions_smoke_claim(tmp_path):
-    "The stage path on a run with (toy) data: fine-tune, predict zero-shot and lora, metrics files, lora beats zero-shot."
+    "The stage path on a run with (demo) data: fine-tune, predict zero-shot and lora, metrics files, lora beats zero-shot."
     rd = open_run(tmp_path/"run", "smoke")
     infos, origin = finetune_run(rd, max_steps=120)
     stats, _ = infer_run(rd, max_new_tokens=24, max_samples=16, batch_size=16)
@@ -117,9 +117,9 @@ def test_stage_functions_smoke_claim(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_torchrun_two_processes_cpu(toy, tmp_path):
+def test_torchrun_two_processes_cpu(demo, tmp_path):
     "The same command under torchrun --nproc_per_node 2 on CPU (gloo DDP) for a few steps."
-    d, files = toy
+    d, files = demo
     import socket
     with socket.socket() as so: so.bind(("127.0.0.1", 0)); port = so.getsockname()[1]   # a free port
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SARLANG_PROGRESS": "0"}
@@ -133,10 +133,10 @@ def test_torchrun_two_processes_cpu(toy, tmp_path):
     assert (tmp_path/"ddp"/"adapter_model.safetensors").exists()
 
 
-def test_generic_adapter_from_folder(tmp_path, toy):
+def test_generic_adapter_from_folder(tmp_path, demo):
     "The generic image-text-to-text path: a model folder with a processor + chat template trains with LoRA and predicts."
     from transformers import LlavaProcessor
-    d, files = toy
+    d, files = demo
     tmpl = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
             "{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
             "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
@@ -209,9 +209,9 @@ def test_stage_finetune_keeps_checkpoints_after_a_kill(tmp_path, monkeypatch):
     assert seen[-1] == (False, True)
 
 
-def test_cli_infer_refuses_to_resume_other_settings(toy, tmp_path, capsys):
+def test_cli_infer_refuses_to_resume_other_settings(demo, tmp_path, capsys):
     "Re-running sarlang-infer into the same OUT with another model or budget does not pass the old rows off as new ones."
-    d, files = toy
+    d, files = demo
     base = ["--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"), "--max-samples", "2", "--batch-size", "2"]
     assert infer_main(["--model", "qwen2-vl", "--max-new-tokens", "3"] + base) == 0
     capsys.readouterr()
@@ -226,9 +226,9 @@ def test_cli_infer_refuses_to_resume_other_settings(toy, tmp_path, capsys):
     assert json.loads((tmp_path/"p"/"inference_stats.json").read_text())["model"] == "blip"
 
 
-def test_cli_infer_unreadable_image_fails_alone(toy, tmp_path, capsys):
+def test_cli_infer_unreadable_image_fails_alone(demo, tmp_path, capsys):
     "One unreadable image: its rows are reported (empty predict + error, exit 3), every other example is still predicted."
-    d, files = toy
+    d, files = demo
     ex = load_examples(files["vqa_test"], max_samples=6)
     gone = ex[-1]["image"]
     bad = [e["image"] == gone for e in ex]
@@ -265,10 +265,10 @@ def test_load_image_16bit_is_stretched_not_clipped(tmp_path):
     assert (g8[..., 0] == ramp // 257).all()
 
 
-def test_encode_cutoff_cuts_the_answer_keeping_its_end(toy):
+def test_encode_cutoff_cuts_the_answer_keeping_its_end(demo):
     "cutoff_len: the answer is cut keeping its end token; a prompt that leaves no room is refused, naming file and row."
     from sarlang_nb.finetune import SFTDataset
-    d, files = toy
+    d, files = demo
     ex = load_examples(files["vqa_train"])
     for name in ("qwen2-vl", "blip"):
         ad = load_vlm(name)
@@ -283,9 +283,9 @@ def test_encode_cutoff_cuts_the_answer_keeping_its_end(toy):
         SFTDataset(load_vlm("qwen2-vl"), ex, cutoff_len=10)[1]
 
 
-def test_cli_bad_numbers_exit_2(toy, tmp_path, capsys):
+def test_cli_bad_numbers_exit_2(demo, tmp_path, capsys):
     "Zero/negative numeric flags are argparse errors naming the flag (exit 2); the functions refuse them too."
-    d, files = toy
+    d, files = demo
     base = ["--model", "qwen2-vl", "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"), "--max-new-tokens", "2"]
     for flag, val in [("--batch-size", "0"), ("--batch-size", "-1"), ("--max-samples", "-1"), ("--max-samples", "0"),
                       ("--max-new-tokens", "0")]:
@@ -304,7 +304,7 @@ def test_cli_bad_numbers_exit_2(toy, tmp_path, capsys):
 
 def test_cli_infer_does_not_resume_old_labels(tmp_path, capsys):
     "Test answers corrected after a run: resuming is refused (data changed); --no-resume writes the new labels."
-    f = toy_dataset(tmp_path/"toy", 6)["vqa_test"]
+    f = demo_dataset(tmp_path/"demo", 6)["vqa_test"]
     args = ["--model", "qwen2-vl", "--data", str(f), "--out", str(tmp_path/"p"), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "2"]
     assert infer_main(args) == 0
     recs = json.loads(f.read_text())
@@ -322,9 +322,9 @@ def test_cli_infer_does_not_resume_old_labels(tmp_path, capsys):
     assert infer_main(args) == 2 and "row 1: existing predictions belong to other data" in capsys.readouterr().err
 
 
-def test_cli_finetune_fresh_run_clears_checkpoints_and_resume_checks_them(toy, tmp_path, capsys):
+def test_cli_finetune_fresh_run_clears_checkpoints_and_resume_checks_them(demo, tmp_path, capsys):
     "A fresh sarlang-finetune empties OUT/checkpoints; --resume refuses checkpoints of other data or past --max-steps."
-    d, files = toy
+    d, files = demo
     out = tmp_path/"ad"
     common = ["--model", "qwen2-vl", "--recipe", "smoke", "--out", str(out), "--batch-size", "2", "--max-samples", "4"]
     caps, vqa = ["--data", str(files["caption_train"])], ["--data", str(files["vqa_train"])]
@@ -348,10 +348,10 @@ def test_stage_redoes_work_after_data_change(tmp_path):
     "The run's Text/ files regenerated with other content under the same paths: the adapter is retrained, predictions redone."
     from sarlang_nb.core import sha256_file
     rd = open_run(tmp_path/"run", "smoke")
-    toy_dataset(rd.path, 8, seed=0)
+    demo_dataset(rd.path, 8, seed=0)
     info, _ = finetune_run(rd, max_steps=1, max_samples=2)
     infer_run(rd, max_new_tokens=1, max_samples=1, batch_size=1)
-    toy_dataset(rd.path, 8, seed=1)
+    demo_dataset(rd.path, 8, seed=1)
     info2, _ = finetune_run(rd, max_steps=1, max_samples=2)
     assert [x["sha256"] for x in info2["qwen2-vl"]["data"]] == [sha256_file(x["path"]) for x in info2["qwen2-vl"]["data"]]
     assert info2["qwen2-vl"]["data"] != info["qwen2-vl"]["data"]

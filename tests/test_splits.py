@@ -96,7 +96,7 @@ def test_check_detects_a_hand_edited_release(run, tmp_path, cli):
 
 
 def test_bad_records(tmp_path, cli):
-    caps, vqa = SP.toy_records(10, 4)
+    caps, vqa = SP.demo_records(10, 4)
     bad = [dict(r, split=None) if r["source"] == "sardet" else r for r in vqa]
     F.write_json_records(tmp_path/"v.jsonl", bad)
     r = cli("sarlang-split", "records", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"out")
@@ -113,7 +113,7 @@ def test_bad_records(tmp_path, cli):
 
 
 def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
-    caps, vqa = SP.toy_records(20, 6)
+    caps, vqa = SP.demo_records(20, 6)
     F.write_json_records(tmp_path/"c.jsonl", caps); F.write_json_records(tmp_path/"v.jsonl", vqa)
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel", "--seed", "3")
     assert r.returncode == 0, r.stderr
@@ -125,17 +125,19 @@ def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
 
 
 def test_paper_profile_finds_images_under_data_root(tmp_path):
-    "Paper profile: records come from stages 05/06, images from the release folder (data_root)."
+    "Paper profile, rebuild workflow: records come from stages 05/06, images from the release folder (data_root)."
     import numpy as np
     from PIL import Image
     data = tmp_path/"release"; (data/"SARimages").mkdir(parents=True)
-    caps, vqa = SP.toy_records(12, 4)
+    caps, vqa = SP.demo_records(12, 4)
     for r in caps + vqa:
         p = data/r["image"]
         if not p.exists(): Image.fromarray(np.full((4, 4), int(r["image_id"]), np.uint8)).save(p)
-    rd = open_run(tmp_path/"run", "paper", data_root=str(data))
+    rd = open_run(tmp_path/"run", "paper", data_root=str(data), workflow="rebuild")
     F.write_json_records(rd.path/"Text/records/captions.jsonl", caps)
     F.write_json_records(rd.path/"Text/records/vqa.jsonl", vqa)
+    with pytest.raises(SarlangError, match="needs stage 05_vqa, which has not completed"): SP.split_run(rd)
+    rd.write_manifest("05_vqa", [rd.records/"vqa.jsonl"]); rd.write_manifest("06_captions", [rd.records/"captions.jsonl"])  # as if they ran
     res = SP.split_run(rd, require_images=True)
     assert res["report"]["hashed_images"] == 16 and res["report"]["unhashed_images"] == 0
     md = (rd.path/"tables/table6_splits.md").read_text()
