@@ -18,7 +18,8 @@ from . import formats
 # %% auto #0
 __all__ = ['RECIPES', 'CKPT_REQUEST', 'REQUIRES', 'read_records', 'load_examples', 'demo_dataset', 'SFTDataset', 'Collator',
            'apply_lora', 'write_model_card', 'positive_int', 'positive_float', 'fraction', 'check_hparams',
-           'checkpoints', 'check_resume', 'finetune', 'load_finetuned', 'main', 'run_files', 'finetune_run']
+           'checkpoints', 'check_resume', 'finetune', 'load_finetuned', 'main', 'run_files', 'finetune_run',
+           'run_stage']
 
 # %% ../nbs/10_finetune.ipynb #9910ed59
 RECIPES = {
@@ -440,3 +441,13 @@ def finetune_run(rd,                     # a `core.RunDir`
                              mix_prefix=True, max_samples=max_samples, max_steps=request["max_steps"], save_steps=100,
                              logging_steps=25, image_roots=roots)
     return out, origin
+
+def run_stage(rd,                      # a `core.RunDir`
+              max_steps:int|None=None): # override the recipe's steps (None: the recipe's; the cached notebook run: 8)
+    "Stage 10: fine-tune the run's models; returns the manifest (data provenance, skipped models, train metrics)."
+    from sarlang_nb.core import default_run_dir
+    quick = max_steps is None and rd.path == default_run_dir().absolute()   # the cached notebook run (nbdev-test): a few real steps on a sample
+    infos, origin = finetune_run(rd, max_steps=8 if quick else max_steps, max_samples=24 if quick else None)
+    rd.write_manifest("10_finetune", [rd.models(n)/"lora"/"adapter_model.safetensors" for n in infos], data=origin, quick=quick,
+                      skipped=rd.models_to_run()[1], train_metrics={n: i["train_metrics"] for n, i in infos.items()})
+    return rd.manifest("10_finetune")

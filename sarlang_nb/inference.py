@@ -15,7 +15,8 @@ from .finetune import load_examples, load_finetuned, demo_dataset, finetune, pos
 from . import formats
 
 # %% auto #0
-__all__ = ['PRED_FILE', 'RESULT_FILE', 'STATS_FILE', 'REQUEST_FILE', 'predict', 'quick_scores', 'main', 'infer_run', 'score_run']
+__all__ = ['PRED_FILE', 'RESULT_FILE', 'STATS_FILE', 'REQUEST_FILE', 'predict', 'quick_scores', 'main', 'infer_run', 'score_run',
+           'run_stage']
 
 # %% ../nbs/11_inference.ipynb #dca9b1c0
 PRED_FILE, RESULT_FILE, STATS_FILE = "generated_predictions.jsonl", "VQA_result.csv", "inference_stats.json"
@@ -197,3 +198,32 @@ def score_run(rd, names=None): # a `core.RunDir`; models
             res[name][mode] = dict(accuracy=json.loads(v.read_text())["accuracy"] if v.exists() else None,
                                    CIDEr_concise=json.loads(c.read_text())["CIDEr"] if c.exists() else None)
     return res
+
+def run_stage(rd,                     # a `core.RunDir`
+              batch_size:int=8,       # generation batch
+              max_new_tokens:int|None=None): # generation budget (None: 64 smoke, 256 paper: complex captions run long)
+    "Stage 11: zero-shot and LoRA predictions of the run's models (smoke: scored, the central claim checked); returns the manifest."
+    from sarlang_nb.core import default_run_dir
+    from sarlang_nb.finetune import write_model_card
+    quick = rd.path == default_run_dir().absolute()   # the cached notebook run (nbdev-test): a sample of the test files
+    budget = max_new_tokens or (256 if rd.config.get("profile") == "paper" else 64)
+    rd.require("10_finetune")
+    stats, origin = infer_run(rd, batch_size=batch_size, max_new_tokens=budget, max_samples=12 if quick else None)
+    for k, s in stats.items(): print(k, f"{s['samples']} samples, {s['samples_per_second']} samples/s, {s['tokens_per_second']} tokens/s")
+    smoke = rd.config.get("profile", "smoke") == "smoke"
+    claims = score_run(rd) if smoke else {}   # paper profile: the metrics stage scores with the official (GPT) judge
+    outs = [rd.predictions(m, mode)/f for (m, mode) in stats for f in (PRED_FILE, RESULT_FILE)]
+    for m, r in claims.items():
+        zs, lo = r["zero-shot"], r["lora"]
+        r["margin"] = dict(vqa_accuracy=(lo["accuracy"] or 0) - (zs["accuracy"] or 0), CIDEr_concise=(lo["CIDEr_concise"] or 0) - (zs["CIDEr_concise"] or 0))
+        r["lora_beats_zero_shot"] = {k: v > 0 for k, v in r["margin"].items()}
+        write_json(rd.metrics/f"smoke_claim_{m}.json", {**r, "data": origin, "quick": quick})
+        adir = rd.models(m)/"lora"; info = json.loads((adir/"sarlang_finetune.json").read_text())   # metrics into the model card
+        info["eval_metrics"] = {f"{mode} {k} ({origin} test)": v for mode in ("zero-shot", "lora") for k, v in r[mode].items()}
+        write_model_card(adir, info)
+        outs.append(rd.metrics/f"smoke_claim_{m}.json")
+        print(m, json.dumps(r))
+        if not quick and not all(r["lora_beats_zero_shot"].values()):   # the smoke run's claim: a stage whose claim fails, fails
+            raise SarlangError(f"{m}: the LoRA model does not beat its zero-shot self on the smoke run: {json.dumps(r)}", rd.metrics/f"smoke_claim_{m}.json")
+    rd.write_manifest("11_inference", outs, data=origin, quick=quick, skipped=rd.models_to_run()[1], claims=claims)
+    return rd.manifest("11_inference")

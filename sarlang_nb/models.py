@@ -17,7 +17,7 @@ from .formats import CAPTION_PROMPT, vqa_prompt, mixing_prefix
 # %% auto #0
 __all__ = ['HIGH_DEPTH_MODES', 'IMAGE', 'MODELS', 'record_example', 'stretch_to_8bit', 'load_image', 'train_tokenizer',
            'fit_answer', 'VLMAdapter', 'Qwen2VLAdapter', 'Qwen25VLAdapter', 'LlavaAdapter', 'BlipAdapter',
-           'GenericAdapter', 'load_vlm', 'build_models']
+           'GenericAdapter', 'load_vlm', 'build_models', 'run_stage']
 
 # %% ../nbs/09_models.ipynb #5889a284
 def record_example(rec:dict,             # a VQA record or a caption record (`sarlang_nb.formats`)
@@ -436,3 +436,10 @@ def build_models(rd,                  # a `core.RunDir`
         del a   # one model in memory at a time (7B weights in the paper profile)
         if torch.cuda.is_available(): torch.cuda.empty_cache()
     return out
+
+def run_stage(rd): # a `core.RunDir`
+    "Stage 09: load and check the run's models (skipping, in the paper profile, those without weights); returns the manifest."
+    summary = build_models(rd)
+    write_json(rd.path/"models"/"summary.json", summary)
+    rd.write_manifest("09_models", [rd.path/"models"/"summary.json"], models=summary, skipped=rd.models_to_run()[1])
+    return rd.manifest("09_models")
