@@ -6,7 +6,7 @@ Docs: https://sarlang.github.io/sarlang-nb/preprocess.html.md"""
 
 # %% ../nbs/02_preprocess.ipynb #5ff22c5a
 from __future__ import annotations
-import io, os, sys, json, math, time, argparse, contextlib, multiprocessing
+import io, os, sys, json, math, time, argparse, contextlib, threading, multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -528,10 +528,11 @@ def _display_to_intensity(a):
 
 def load_intensity(src,                    # image file, or numpy/torch array
                    pol="VV",               # band of a multi-band file: name ("VV") or index
-                   domain:str="intensity"): # float arrays only: "intensity" or "amplitude"
+                   domain:str="intensity", # float arrays only: "intensity" or "amplitude"
+                   stored:str|None=None):   # float TIFFs: what the file holds ("intensity", "amplitude", "db"; None: its metadata, else intensity)
     "Pick the channel and return float32 intensity (H, W) (rules above)."
     if isinstance(src, (str, os.PathLike)):
-        r = read_raster(src, domain="intensity")
+        r = read_raster(src, domain="intensity", stored=stored)
         if r.data.shape[0] == 1: return r.data[0]
         if pol is None: raise SarlangError(f"the file has {r.data.shape[0]} bands {r.bands}; choose one with pol=", src)
         return r.band(pol)
@@ -555,9 +556,10 @@ def preprocess(src,                       # image file or array (see `load_inten
                percentiles=(2, 98),       # log-stretch percentiles
                domain:str="intensity",    # float arrays: "intensity" or "amplitude"
                device=None,               # torch device for the filter
-               tile:int|None=None):       # filter tile side (None: automatic)
+               tile:int|None=None,        # filter tile side (None: automatic)
+               stored:str|None=None):     # float TIFFs: "intensity", "amplitude" or "db" (None: the file's metadata, else intensity)
     "Raw SAR -> refined Lee -> log -> linear stretch: the uint8 (H, W) image the VLMs see."
-    inten = load_intensity(src, pol, domain)
+    inten = load_intensity(src, pol, domain, stored)
     try: filt = refined_lee(inten, enl=enl, rule=rule, noise=noise, tile=tile, device=device)
     except SarlangError as e:
         if isinstance(src, (str, os.PathLike)): raise SarlangError(e.msg, src) from None
@@ -618,8 +620,17 @@ def _work(job):
     except SarlangError as e: return str(src), str(dst), str(e)
     except Exception as e: return str(src), str(dst), f"{src}: {type(e).__name__}: {e}"
 
-def _init_worker():
+def _watch_parent(pid:int): # the batch's main process
+    "End this worker as soon as the main process is gone (kill -9 included): no orphan keeps writing outputs."
+    while True:
+        time.sleep(0.2)
+        try: os.kill(pid, 0)
+        except ProcessLookupError: os._exit(70)
+        except PermissionError: pass
+
+def _init_worker(parent:int|None=None): # the main process id (None: no watch)
     torch.set_num_threads(1)
+    if parent: threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 def _died(job): # (src, dst, opts)
     "The result recorded for a job whose worker process died under it."
@@ -631,7 +642,7 @@ def _run_isolated(fn, jobs, ctx, done, died):
     ex, deaths = None, 0
     try:
         for j in jobs:
-            if ex is None: ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker)
+            if ex is None: ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
             try: done(ex.submit(fn, j).result())
             except BrokenProcessPool:
                 done(died(j)); ex.shutdown(wait=True); ex, deaths = None, deaths + 1
@@ -648,7 +659,7 @@ def run_pool(fn,            # picklable function of one job
     ctx = multiprocessing.get_context("forkserver")
     jobs, deaths = list(jobs), 0
     while jobs:
-        with ProcessPoolExecutor(int(workers), mp_context=ctx, initializer=_init_worker) as ex:
+        with ProcessPoolExecutor(int(workers), mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as ex:
             futs = [ex.submit(fn, j) for j in jobs]
             broken = set()
             for fut in as_completed(futs):
@@ -676,6 +687,7 @@ def _clean_stale_tmp(dirs):
 def preprocess_batch(srcs,                     # image files and/or folders
                      out_dir,                  # output folder (created)
                      pol="VV", rule:str="closest", enl:float=1.0, noise:str="enl", percentiles=(2, 98),
+                     stored:str|None=None,     # float TIFFs: "intensity", "amplitude" or "db" (None: the file's metadata)
                      device=None,              # torch device for the filter ("cuda" runs in-process)
                      workers:int=1,            # processes (CPU)
                      overwrite:bool=False,     # redo outputs that exist
@@ -690,7 +702,8 @@ def preprocess_batch(srcs,                     # image files and/or folders
     if out_dir.exists() and not out_dir.is_dir(): raise SarlangError("--out is a file, not a folder", out_dir)
     report = check_output_file(report or out_dir/"preprocess_report.json", "--report")   # before the work, not after it
     out_dir.mkdir(parents=True, exist_ok=True)
-    opts = dict(pol=pol, rule=rule, enl=float(enl), noise=noise, percentiles=[float(p) for p in percentiles])
+    if stored not in (None, "intensity", "amplitude", "db"): raise SarlangError(f"stored must be intensity, amplitude or db, not {stored!r}")
+    opts = dict(pol=pol, rule=rule, enl=float(enl), noise=noise, percentiles=[float(p) for p in percentiles], **({"stored": stored} if stored else {}))
     log_stretch(np.ones((1, 2)), "intensity", opts["percentiles"])               # validates the percentiles early
     optf = out_dir / OPTIONS_FILE
     try: old = json.loads(optf.read_text()) if optf.exists() else None
@@ -744,14 +757,16 @@ def _parser():
                     "vision-language models see (SARLANG-1M, Sec. 3.2(2), Fig. 5). Inputs: PNG/JPG/BMP display images "
                     "(grey level taken as amplitude), float32/complex GeoTIFFs (quad-pol bands selected by name).",
         epilog="Outputs: OUT/<relative path>.png, written atomically; existing outputs are skipped (resume after a "
-               "kill), OUT/preprocess_report.json lists every failed file with the reason. Exit status: 0 when at "
-               "least one image is done, 1 when none succeeded, 2 on bad arguments.")
+               "kill), OUT/preprocess_report.json lists every failed file with the reason. Exit status: 0 when every image "
+               "is done, 3 when some failed and the rest were written, 1 when none succeeded or an input does not exist, "
+               "2 on bad arguments.")
     p.add_argument("src", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--pol", default="VV", help="band of multi-band (quad-pol) files, by name: HH, HV, VH, VV (default VV); single-band files are used as they are")
     p.add_argument("--rule", choices=RULES, default="closest", help="refined Lee rule: closest = Lee 1981, the side nearer the centre (default); sign = PolSARpro, the darker side; snap = ESA SNAP's RefinedLee (its own noise estimate, zero pixels as no-data; --enl and --noise unused)")
     p.add_argument("--enl", type=float, default=1.0, help="equivalent number of looks of the input (default 1: single-look)")
     p.add_argument("--noise", choices=NOISES, default="enl", help="speckle variance: enl = 1/ENL (default), local = a per-pixel estimate from the 3x3 sub-areas")
+    p.add_argument("--stored", choices=("intensity", "amplitude", "db"), default=None, help="what float GeoTIFFs hold (default: their metadata, else intensity); db for decibels")
     p.add_argument("--percentiles", type=float, nargs=2, default=(2.0, 98.0), metavar=("LO", "HI"), help="log-stretch percentiles (default 2 98)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--device", default=None, help="torch device for the filter: cpu (default) or cuda")
@@ -765,9 +780,12 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
     p = _parser()
     try: a = p.parse_args(argv)
     except SystemExit as e: return int(e.code or 0)
+    try: find_images(*a.src)          # an input that does not exist is bad input (1), as in every command
+    except SarlangError as e:
+        print(f"sarlang-preprocess: error: {e}", file=sys.stderr); return 1
     try:
         rep = preprocess_batch(a.src, a.out, pol=a.pol, rule=a.rule, enl=a.enl, noise=a.noise, percentiles=a.percentiles,
-                               device=a.device, workers=a.workers, overwrite=a.overwrite, report=a.report,
+                               stored=a.stored, device=a.device, workers=a.workers, overwrite=a.overwrite, report=a.report,
                                show_progress=False if a.quiet else None)
     except SarlangError as e:
         print(f"sarlang-preprocess: error: {e}", file=sys.stderr); return 2
@@ -776,4 +794,5 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
           f"-> {a.report or Path(a.out) / 'preprocess_report.json'}")
     if rep["worker_deaths"]: print(f"  a worker process died {rep['worker_deaths']} time(s); unfinished files were re-run", file=sys.stderr)
     for f in rep["failed"][:10]: print("  failed:", f["error"], file=sys.stderr)
-    return 0 if rep["written"] + rep["skipped"] > 0 else 1
+    if rep["written"] + rep["skipped"] == 0: return 1
+    return 3 if rep["failed"] else 0

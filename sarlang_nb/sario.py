@@ -210,7 +210,7 @@ def read_raster(path,                    # image file: .png/.jpg/.bmp/.tif/.tiff
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad: raise SarlangError(f"{bad} non-finite pixel value(s) (NaN/Inf) in {data.size}", path)
         neg = int(np.count_nonzero(data < 0))
-        if neg: raise SarlangError(f"{neg} negative {have} value(s) (min {float(data.min()):.4g}); SAR {have} cannot be negative — fix the calibration or pass stored='db' for dB data", path)
+        if neg: raise SarlangError(f"{neg} negative {have} value(s) (min {float(data.min()):.4g}); SAR {have} cannot be negative — fix the calibration, or if the file holds decibels say so (read_raster(..., stored='db'); sarlang-preprocess --stored db)", path)
     r = SarRaster(data.astype(np.float32, copy=False), names, have, source, str(path))
     return r.to(domain)
 

@@ -163,7 +163,7 @@ def _folder(root, n_good=6, size=64):
 def test_mixed_folder_cli(tmp_path):
     n_good, bad = _folder(tmp_path/"in")
     out = tmp_path/"out"
-    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 0
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 3          # some failed, the rest written
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert len(pngs) == n_good and "sub/chip.png" in pngs
     rep = json.loads((out/"preprocess_report.json").read_text())
@@ -171,17 +171,17 @@ def test_mixed_folder_cli(tmp_path):
     assert all(Path(f["path"]).name in f["error"] for f in rep["failed"])          # every error names its file
     # re-run: nothing redone, files untouched
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 0
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet"]) == 3
     rep = json.loads((out/"preprocess_report.json").read_text())
     assert (rep["written"], rep["skipped"]) == (0, n_good)
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     # different options into the same folder: refused (exit 2) unless --overwrite
     assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign"]) == 2
-    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign", "--overwrite"]) == 0
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign", "--overwrite"]) == 3
     assert json.loads((out/OPTIONS_FILE).read_text())["rule"] == "sign"
     # exit statuses
     assert main([str(tmp_path/"in"/"nan.tif"), "--out", str(tmp_path/"o2"), "--quiet"]) == 1     # nothing succeeded
-    assert main([str(tmp_path/"nope"), "--out", str(tmp_path/"o3")]) == 2
+    assert main([str(tmp_path/"nope"), "--out", str(tmp_path/"o3")]) == 1          # a missing input: bad input, as everywhere
     assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--rule", "darkest"]) == 2
     assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--percentiles", "90", "10"]) == 2
     if not torch.cuda.is_available():
@@ -190,8 +190,8 @@ def test_mixed_folder_cli(tmp_path):
 
 def test_outputs_inside_source_are_not_inputs(tmp_path):
     _folder(tmp_path/"in", n_good=2, size=24)
-    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 0
-    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 0
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 3      # the folder's bad files fail
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"in"/"png"), "--quiet"]) == 3
     assert not (tmp_path/"in"/"png"/"png").exists()
 
 
@@ -404,3 +404,59 @@ def test_default_is_one_thread_and_callers_setting_restored(monkeypatch):
     finally: torch.set_num_threads(old)
     assert seen == [1, 2]
     with pytest.raises(SarlangError, match="threads must be"): refined_lee(x, threads=0)
+
+
+def test_exit_status_partial_failure_is_3_everywhere(tmp_path):
+    "The same condition, the same code as in the other commands: some failed, the rest written -> 3; all done -> 0."
+    (tmp_path/"in").mkdir()
+    write_geotiff(tmp_path/"in"/"ok.tif", np.ones((16, 16), np.float32))
+    (tmp_path/"in"/"bad.png").write_bytes(b"not a png")
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o"), "--quiet"]) == 3
+    assert main([str(tmp_path/"in"/"ok.tif"), "--out", str(tmp_path/"o2"), "--quiet"]) == 0
+    assert main([str(tmp_path/"in"/"missing.tif"), "--out", str(tmp_path/"o3"), "--quiet"]) == 1
+
+def test_stored_db_option(tmp_path):
+    db = np.full((16, 16), -10.0, np.float32)                         # -10 dB = 0.1
+    write_geotiff(tmp_path/"db.tif", db, domain="intensity")           # metadata says intensity: negative values refused...
+    assert main([str(tmp_path/"db.tif"), "--out", str(tmp_path/"o"), "--quiet"]) == 1
+    rep = json.loads((tmp_path/"o"/"preprocess_report.json").read_text())
+    assert "stored='db'" in rep["failed"][0]["error"] and "--stored db" in rep["failed"][0]["error"]
+    assert main([str(tmp_path/"db.tif"), "--out", str(tmp_path/"o2"), "--quiet", "--stored", "db"]) == 0   # ...unless told
+    np.testing.assert_allclose(load_intensity(tmp_path/"db.tif", stored="db"), 0.1, rtol=1e-6)
+
+def _marked(marker):
+    "Pids of live processes whose environment holds `marker` (ours: the test put it there)."
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if marker.encode() in (d/"environ").read_bytes() and (d/"stat").read_text().split()[2] != "Z": out.append(int(d.name))
+        except OSError: pass
+    return out
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
+def test_workers_end_when_the_command_is_killed(tmp_path):
+    "kill -9 of `sarlang-preprocess --workers 2`: its worker processes end too and stop writing."
+    rng = np.random.default_rng(8)
+    src = tmp_path/"in"; src.mkdir()
+    for i in range(60): write_geotiff(src/f"s{i:03d}.tif", rng.gamma(1.0, 1.0, (256, 256)).astype(np.float32), bands=["VV"])
+    out = tmp_path/"out"
+    marker = f"SARLANG_TEST_MARK={os.getpid()}_{time.time_ns()}"
+    k, v = marker.split("=")
+    proc = subprocess.Popen(CLI + [str(src), "--out", str(out), "--quiet", "--workers", "2"], env={**ENV, k: v},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and proc.poll() is None and len(list(out.glob("s*.png"))) < 4: time.sleep(0.02)
+        assert proc.poll() is None, "the batch ended before it could be killed"
+        assert len([p for p in _marked(marker) if p != proc.pid]) >= 2          # the workers (and the forkserver) run
+        proc.send_signal(signal.SIGKILL); proc.wait()
+        time.sleep(2.0)
+        left = _marked(marker)
+        n = len(list(out.glob("s*.png")))
+        time.sleep(1.0)
+        assert left == [] and len(list(out.glob("s*.png"))) == n, f"processes {left} outlived the command"
+    finally:
+        for pid in _marked(marker):
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
