@@ -152,6 +152,18 @@ def _public_assigns(src:str) -> list:
                 if isinstance(x, ast.Name) and not x.id.startswith("_") and x.id not in names: names.append(x.id)
     return names
 
+def _plain_entry(src:str, ns:dict):
+    "A `show_doc`-like entry (name, kind, docstring) for when nbdev's `show_doc` cannot read the signature; None if the symbol is unknown."
+    import inspect
+    try:
+        call = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith("#|"))).body[-1].value
+        obj = eval(compile(ast.Expression(call.args[0]), "<docs>", "eval"), ns)
+    except Exception: return None
+    name = ast.unparse(call.args[0])
+    kind = f"class {name}({', '.join(b.__name__ for b in obj.__bases__)})" if isinstance(obj, type) else f"{name}(...)"
+    doc = inspect.getdoc(obj) or ""
+    return f"---\n\n### {name}\n\n```python\n{kind}\n```\n\n" + (f"*{doc}*\n" if doc else "")
+
 class SiteProc(Processor):
     "nbdev doc processor shared by Quarto and the offline build: entries without execution, clean outputs, linked stages."
     problems = []   # (notebook, message) of entries that could not be rendered; the build reports them
@@ -189,10 +201,11 @@ class SiteProc(Processor):
         self.nb.cells = cells
 
     def _showdoc(self, cell):
-        try: r = _eval_last(cell.source, dict(self.ns))
+        try: r = _eval_last(cell.source, dict(self.ns)); md = r._repr_markdown_() if hasattr(r, "_repr_markdown_") else None
         except Exception as e:
-            self.problems.append((self.this, f"{cell.source.splitlines()[-1].strip()}: {type(e).__name__}: {e}")); return []
-        md = r._repr_markdown_() if hasattr(r, "_repr_markdown_") else None
+            md = _plain_entry(cell.source, dict(self.ns))
+            self.problems.append((self.this, f"{cell.source.splitlines()[-1].strip()}: {type(e).__name__}: {e}"
+                                  + ("; shown without its signature" if md else "")))
         if not md: return []
         return [{"output_type": "display_data", "metadata": {}, "data": {"text/markdown": md.replace("#LNone)", ")")}}]
 
@@ -253,7 +266,7 @@ def process_notebook(path,          # a notebook (from nbs/)
         else: os.environ["IN_TEST"] = old
     return nb
 
-# %% ../nbs/91_docs.ipynb #a9479a47
+# %% ../nbs/91_docs.ipynb #e479dbb6
 def _directives(src:str):
     "(Quarto `#|` options, code without them) of a cell's source."
     opts, lines = {}, (src or "").split("\n")
@@ -327,7 +340,7 @@ def cell_html(cell, page:_Page) -> str:
         if outs: parts.append(f'<div class="cell-output">{outs}</div>')
     return f'<div class="cell">{"".join(parts)}</div>' if parts else ""
 
-# %% ../nbs/91_docs.ipynb #9d2a8c4a
+# %% ../nbs/91_docs.ipynb #da87f71f
 def _text(h:str) -> str: return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", h))).strip()
 
 def _slug(s:str) -> str: return re.sub(r"[^\w.\-]+", "", re.sub(r"\s+", "-", s.strip().lower())) or "section"
@@ -366,7 +379,7 @@ def local_links(body:str,   # a page's HTML
         return f'{m[1]}"{html.escape(check(url))}"'
     return re.sub(r'(<a\s[^>]*?href=)"([^"]*)"', repl, body)
 
-# %% ../nbs/91_docs.ipynb #81e704d5
+# %% ../nbs/91_docs.ipynb #d5c9c28d
 PAPER_SOURCES = {"table1": "04_formats", "table2": "04_formats", "table3": "08_similarity", "table4": "06_captions",
                  "table5": "05_vqa", "table6": "07_splits", "table7": "12_metrics", "table8": "12_metrics",
                  "table9": "15b_human", "table10": "12_metrics", "table11": "12_metrics",
@@ -424,7 +437,7 @@ def source_notebook(name:str,            # a file in paper_figures/
     if made not in stages: made = "15_paper" if stem.startswith("paper_") and "15_paper" in stages else data
     return made, data or made
 
-# %% ../nbs/91_docs.ipynb #d03db26a
+# %% ../nbs/91_docs.ipynb #e075e68f
 def _nat(s): return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 def _csv_markdown(p:Path, max_rows:int=200) -> str:
@@ -443,26 +456,41 @@ def _pretty(stem:str) -> str:
     if m: return f"{'Table' if m[1].lower().startswith('tab') else 'Figure'} {m[2]}" + (f" · {m[3].replace('_', ' ')}" if m[3] else "")
     return stem.replace("_", " ").capitalize()
 
+def _index_notes(notes, names) -> tuple:
+    "(settings, {file: (title, note)}, missing) read from index files such as the paper stage's README.md."
+    settings, titles, missing = [], {}, []
+    for p in notes:
+        txt = p.read_text(encoding="utf-8", errors="replace")
+        head = re.split(r"^## ", txt, maxsplit=1, flags=re.M)[0]
+        settings += [l for l in head.splitlines() if l.strip() and not l.startswith("# ") and l not in settings]
+        for l in txt.splitlines():
+            m = re.match(r"\s*[-*]\s+\[([^\]]+)\]\(([^)\s]+)\)\s*:?\s*(.*)$", l)
+            if m and Path(m[2]).name in names:
+                t = m[1].strip()
+                titles.setdefault(Path(m[2]).name, (None if t in (Path(m[2]).name, Path(m[2]).stem) else t, m[3].strip()))
+            elif re.match(r"\s*[-*]\s+\*\*missing\*\*", l) and l.strip() not in missing: missing.append(l.strip())
+    return settings, titles, missing
+
 def results_markdown(figs,            # the folder of tables and figures (paper_figures/)
                      stages,          # notebook stems that have pages
-                     root=None,       # the checkout (for the runs' stage manifests)
+                     root=None,       # the checkout (for the runs' stage manifests; its paths are not shown)
                      href:str="paper_figures"): # where the site serves `figs` from
     "Markdown of the results page: every table and figure in `figs`, each linked to the notebook that made it."
     figs, stages = Path(figs), set(stages)
     files = sorted((p for p in figs.iterdir() if p.is_file() and not p.name.startswith(".")), key=lambda p: _nat(p.name)) if figs.is_dir() else []
     man, runs = _manifest_sources(figs), _run_sources(Path(root)) if root else {}
-    notes = [p for p in files if p.name.lower() == "readme.md"]
-    tables = {}
+    notes, tables = [], {}
     for p in files:
-        if p in notes or p.suffix.lower() not in _TAB_EXT: continue
-        if p.suffix.lower() == ".md" and not any(_SEP.match(l) for l in p.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if p.suffix.lower() not in _TAB_EXT: continue
+        if p.suffix.lower() == ".md" and (p.name.lower() == "readme.md" or not any(_SEP.match(l) for l in p.read_text(encoding="utf-8", errors="replace").splitlines())):
             notes.append(p); continue       # an index or a note, not a table
         tables.setdefault(p.stem, []).append(p)
     shown = sorted((p for p in files if p.suffix.lower() in _FIG_EXT), key=lambda p: _nat(re.sub(r"^paper_", "", p.stem)))
-    other = [p for p in files if p.suffix.lower() not in _FIG_EXT + _TAB_EXT and p.name != "manifest.json"] + [p for p in notes if p.name.lower() != "readme.md"]
+    other = [p for p in files if p.suffix.lower() not in _FIG_EXT + _TAB_EXT and p.name != "manifest.json"] + notes
+    settings, titles, missing = _index_notes(notes, {p.name for p in files})
     out = ["The tables and figures of the last pipeline run, as the paper stage wrote them into `paper_figures/` "
            "(the paper's published numbers beside this run's where the stage has them)."]
-    out += [p.read_text(encoding="utf-8", errors="replace").strip() for p in notes if p.name.lower() == "readme.md"]
+    if settings: out.append("\n**This run**\n\n" + "\n".join(settings))
     if not tables and not shown:
         out.append("\n::: {.callout-note}\n**No results yet.** `paper_figures/` holds no table or figure. Run `make reproduce` "
                    "(the smoke profile, on any machine) or `sarlang-reproduce --profile paper` with the SARLANG-1M release; "
@@ -471,23 +499,31 @@ def results_markdown(figs,            # the folder of tables and figures (paper_
         made, data = source_notebook(p.name, stages, man, runs)
         if not made: return "Source notebook not recorded"
         return f"Made by [`{made}`]({made}.ipynb)" + (f" from the outputs of [`{data}`]({data}.ipynb)" if data and data != made else "")
+    def meta(*names):
+        for n in names:
+            m = dict(man.get(n) or {})
+            t, note = titles.get(n, (None, None))
+            m["title"], m["caption"] = m.get("title") or t, m.get("caption") or note
+            if m["title"] or m["caption"]: return m
+        return {}
     if tables: out.append("\n## Tables\n")
     for stem, ps in sorted(tables.items(), key=lambda kv: _nat(re.sub(r"^paper_", "", kv[0]))):
         md = next((p for p in ps if p.suffix.lower() == ".md"), None)
-        meta = man.get(md.name if md else ps[0].name, {}) or man.get(ps[0].name, {})
-        text = md.read_text(encoding="utf-8") if md else _csv_markdown(ps[0])
-        title = meta.get("title") or _pretty(stem)
+        m = meta(*(p.name for p in ps))
+        text = md.read_text(encoding="utf-8", errors="replace") if md else _csv_markdown(ps[0])
+        text = re.sub(r"^(#{1,6})(?=\s)", lambda h: "#" * min(6, len(h[1]) + 3), text, flags=re.M)   # its headings go under the table's
         dl = " · ".join(f"[{p.suffix[1:].upper()}]({href}/{p.name})" for p in ps)
-        out.append(f"### {title}\n\n{origin(ps[0])} · {dl}\n\n" + (f"{meta['caption']}\n\n" if meta.get("caption") else "") + text.strip() + "\n")
+        out.append(f"### {m.get('title') or _pretty(stem)}\n\n{origin(ps[0])} · {dl}\n\n" + (f"*{m['caption']}*\n\n" if m.get("caption") else "") + text.strip() + "\n")
     if shown: out.append("\n## Figures\n")
     for p in shown:
-        meta = man.get(p.name, {})
-        title = meta.get("title") or _pretty(p.stem)
-        out.append(f"### {title}\n\n![{title}]({href}/{p.name})\n\n{origin(p)}" + (f". {meta['caption']}" if meta.get("caption") else "") + "\n")
+        m = meta(p.name)
+        title = m.get("title") or _pretty(p.stem)
+        out.append(f"### {title}\n\n![{title}]({href}/{p.name})\n\n{origin(p)}" + (f". {m['caption']}" if m.get("caption") else "") + "\n")
+    if missing: out.append("\n## Not produced by this run\n\n" + "\n".join(missing) + "\n")
     if other: out.append("\n## Other files\n\n" + "\n".join(f"- [{p.name}]({href}/{p.name})" for p in other) + "\n")
-    return "\n".join(out)
+    return scrub_paths("\n".join(out), root)
 
-# %% ../nbs/91_docs.ipynb #7c664232
+# %% ../nbs/91_docs.ipynb #e67e5a91
 def _assets_dir():
     "The site's stylesheet and search script: `sarlang_nb/site_assets/`."
     p = Path(importlib.import_module("sarlang_nb").__file__).parent/"site_assets"
@@ -552,7 +588,7 @@ def _sections(stem:str, title:str, body:str) -> list:
         if txt or hid: recs.append({"page": title, "section": head, "url": f"{stem}.html" + (f"#{hid}" if hid else ""), "text": txt[:3000]})
     return recs
 
-# %% ../nbs/91_docs.ipynb #5227a818
+# %% ../nbs/91_docs.ipynb #c42616d5
 def _title(nb) -> str:
     fm = {}
     for c in nb.get("cells", []):
@@ -583,7 +619,15 @@ def build_fallback(root=None,      # the checkout
     try:
         cfg = get_config()
         site, host = cfg.get("title") or cfg.lib_name, (cfg.get("doc_host") or "") + (cfg.get("doc_baseurl") or "")
-        procd = [(p.stem, process_notebook(p, executed/p.name)) for p in nbs]
+        procd = []
+        for p in nbs:
+            try: procd.append((p.stem, process_notebook(p, executed/p.name)))
+            except Exception as e:   # one broken notebook must not take the site down: its page says what failed
+                SiteProc.problems.append((p.stem, f"not rendered: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                from fastcore.nbio import dict2nb
+                procd.append((p.stem, dict2nb({"cells": [{"cell_type": "raw", "source": f"---\ntitle: {p.stem}\n---", "metadata": {}},
+                    {"cell_type": "markdown", "metadata": {}, "source": f"*This notebook could not be rendered ({type(e).__name__}); open `nbs/{p.name}` itself.*"}],
+                    "metadata": {}, "nbformat": 4, "nbformat_minor": 5})))
     finally: os.chdir(cwd)
     stages = {s for s, _ in procd}
     meta = {}
@@ -632,7 +676,7 @@ def build_fallback(root=None,      # the checkout
     atomic_write(out/"assets"/"search-index.js", f"window.SARLANG_SEARCH = {idx};\n")
     return written
 
-# %% ../nbs/91_docs.ipynb #d7961253
+# %% ../nbs/91_docs.ipynb #c90939ad
 def add_results_page(cache,        # nbdev's processed folder (`_proc/`), holding sidebar.yml
                      root,         # the checkout
                      figures=None): # tables and figures (default: paper_figures/)
@@ -682,7 +726,7 @@ def build_docs(root=None,          # the checkout
     if use_quarto: return "quarto", build_quarto(root, out, figures)
     return "offline-html", build_fallback(root, out, executed, figures)
 
-# %% ../nbs/91_docs.ipynb #12776da4
+# %% ../nbs/91_docs.ipynb #e6eeb192
 def write_llms_txt(root=None): # the checkout
     "Write `nbs/llms.txt`: every module of the package with its summary and docs page; returns True when it changed."
     from nbdev.config import get_config, nbpath2html
@@ -727,7 +771,7 @@ def write_readme(root=None): # the checkout
     if readme.exists() and readme.read_text(encoding="utf-8") == md: return False
     atomic_write(readme, md); return True
 
-# %% ../nbs/91_docs.ipynb #a5f7a54d
+# %% ../nbs/91_docs.ipynb #14bbb326
 def docs(out:str=None,          # output folder (default: _docs/ in the checkout)
          fallback:bool=False,   # build the offline site even if quarto is installed
          readme:bool=False,     # only (re)write README.md and nbs/llms.txt

@@ -224,7 +224,7 @@ def test_results_page(site, browser, capsys):
     assert sorted(Path(s).name for s, _ in f["imgs"]) == want_figs
     assert all(ok for _, ok in f["imgs"]), f["imgs"]
     stems = {p.stem for p in figs.iterdir() if p.suffix.lower() in (".md", ".csv") and p.name.lower() != "readme.md"
-             and (p.suffix.lower() == ".csv" or "---" in p.read_text(encoding="utf-8"))}
+             and (p.suffix.lower() == ".csv" or re.search(r"^\s*\|?\s*:?-{3,}:?\s*\|", p.read_text(encoding="utf-8"), re.M))}
     assert f["tables"] >= len(stems), (f["tables"], stems)
     for title, links in f["sections"]:
         made = [h for h in links if re.fullmatch(r"\d+[a-z]?_\w+\.html", h or "")]
