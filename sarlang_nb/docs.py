@@ -707,7 +707,8 @@ def build_quarto(root=None,     # the checkout
         os.chdir(root)
         cache, cfg, _ = _pre_docs(str(root/"nbs"), n_workers=os.cpu_count() or 1)
         add_results_page(cache, root, figures)
-        render_quarto(cache, cache/cfg.doc_path.name, n_workers=os.cpu_count() or 1)
+        try: render_quarto(cache, cache/cfg.doc_path.name, n_workers=os.cpu_count() or 1)
+        except RuntimeError as e: raise SarlangError(f"quarto render failed: {str(e).strip()[-2000:]}", cache) from None
         dest = Path(out).absolute() if out else Path(cfg.doc_path)
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(cache/cfg.doc_path.name), str(dest))
