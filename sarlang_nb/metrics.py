@@ -525,7 +525,12 @@ def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
 def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-eval-vqa`."
     a = _vqa_parser().parse_args(argv)
-    try: check_base_url(a.base_url)
+    try:
+        check_base_url(a.base_url)
+        for v, flag, ok in ((a.concurrency, "--concurrency", a.concurrency >= 1), (a.max_retries, "--max-retries", a.max_retries >= 0),
+                            (a.timeout, "--timeout", a.timeout > 0 and math.isfinite(a.timeout)),
+                            (a.backoff, "--backoff", a.backoff >= 0 and math.isfinite(a.backoff))):
+            if not ok: raise SarlangError(f"{flag} {v!r} is out of range ({'>= 1' if flag == '--concurrency' else '>= 0' if flag != '--timeout' else '> 0'})")
     except SarlangError as e:
         print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 2
     try:

@@ -463,3 +463,9 @@ def test_metric_line_shows_the_counts():
     rep = dict(accuracy=0.5, n=4, correct=2, judge="rules", unjudged=1, llm_errors=0, invalid=0, failed_rows=2, skipped_rows=3, duplicate_rows=0)
     line = M.metric_line("vqa_x.json", rep)
     assert "accuracy 0.5000" in line and "1 unjudged" in line and "2 failed" in line and "3 skipped" in line
+
+@pytest.mark.parametrize("flag, value", [("--concurrency", 0), ("--max-retries", -1), ("--timeout", 0), ("--timeout", "nan"), ("--backoff", -1)])
+def test_out_of_range_numbers_are_usage_errors(tmp_path, flag, value):
+    write_vqa_csv(tmp_path/"VQA_result.csv", judge_needed_rows(1))
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", "http://127.0.0.1:9/v1", "--no-cache", flag, value])
+    assert code == 2 and flag in err and out == "" and "Traceback" not in err
