@@ -208,8 +208,9 @@ class RunDir:
     @property
     def manifests(self): return self.path/"manifests"
     def models(self, model:str): return self.path/"models"/model                     # LoRA adapters of `model`
-    def predictions(self, model:str, mode:str="zero-shot"):                          # mode: "zero-shot" | "lora"
-        if mode not in ("zero-shot", "lora"): raise SarlangError(f"prediction mode must be 'zero-shot' or 'lora', not {mode!r}")
+    def predictions(self, model:str, mode:str="zero-shot"):      # mode: "zero-shot" | "lora", "-raw"/"-pre" for the preprocessing ablation
+        if mode.removesuffix("-raw").removesuffix("-pre") not in ("zero-shot", "lora"):
+            raise SarlangError(f"prediction mode must be 'zero-shot' or 'lora' (optionally -raw or -pre), not {mode!r}")
         return self.path/"predictions"/model/mode
 
     def create(self):

@@ -320,7 +320,9 @@ def finetune(model:str,                  # model name (`sarlang_nb.models.MODELS
                 trainable_params=n_train, total_params=n_all, mix_prefix=mix_prefix,
                 data=[dict(path=str(Path(p).absolute()), sha256=sha, examples=sum(e["data_file"] == str(p) for e in examples))
                       for p, sha in zip(files, shas)],
-                train_metrics=metrics)
+                train_metrics=metrics,
+                log_history=[{k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in h}
+                             for h in trainer.state.log_history if "loss" in h])   # the loss and learning-rate curves
     if trainer.is_world_process_zero():
         pm.save_pretrained(out); ad.tokenizer.save_pretrained(out)
         write_model_card(out, info)

@@ -6,7 +6,8 @@ Docs: https://sarlang.github.io/sarlang-nb/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #100609a8
 from __future__ import annotations
-import argparse, json, math, os, re, sys, time
+import argparse, io, json, math, os, re, sys, time
+import numpy as np
 from pathlib import Path
 import torch
 from .core import SarlangError, write_json, atomic_write, progress, sha256_file
@@ -15,8 +16,8 @@ from .finetune import load_examples, load_finetuned, demo_dataset, finetune, pos
 from . import formats
 
 # %% auto #0
-__all__ = ['PRED_FILE', 'RESULT_FILE', 'STATS_FILE', 'REQUEST_FILE', 'predict', 'quick_scores', 'main', 'infer_run', 'score_run',
-           'run_stage']
+__all__ = ['PRED_FILE', 'RESULT_FILE', 'STATS_FILE', 'ABLATION_DEFAULTS', 'REQUEST_FILE', 'predict', 'quick_scores',
+           'raw_display', 'raw_image', 'ablation_run', 'main', 'infer_run', 'score_run', 'run_stage']
 
 # %% ../nbs/11_inference.ipynb #dca9b1c0
 PRED_FILE, RESULT_FILE, STATS_FILE = "generated_predictions.jsonl", "VQA_result.csv", "inference_stats.json"
@@ -89,6 +90,79 @@ def quick_scores(rows:list): # prediction rows (`predict`, `label`, `kind`, opti
         rep, _ = evaluate_vqa([dict(question=r.get("question") or "", gt=r["label"], predict=r["predict"]) for r in vqa], "rules", by=None)
         out.update(accuracy=rep["accuracy"], n=rep["n"])
     if cap: out.update(CIDEr=caption_scores([dict(predict=r["predict"], refs=[r["label"]]) for r in cap])[0]["CIDEr"], n=len(cap))
+    return out
+
+# %% ../nbs/11_inference.ipynb #05a9e097
+def raw_display(a): # a SAR intensity image (float), or an 8-bit/16-bit image as stored
+    "8-bit 'raw' rendering of an original: amplitude sqrt(I) of a float intensity image (integer images as stored), then its own min-max to 0..255."
+    a = np.asarray(a)
+    if a.size == 0: return np.zeros(a.shape, np.uint8)
+    a = np.sqrt(np.clip(np.nan_to_num(a.astype(np.float64), nan=0.0), 0, None)) if a.dtype.kind in "fc" else a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo)*255.0/(hi - lo)).astype(np.uint8)
+
+def raw_image(rd,        # a `core.RunDir`
+              image:str): # the record's image path, e.g. "SARimages/0000004.png"
+    "The raw version of a record's image (see above), made once under `SARimages/raw/` for a release original; `None` if it has none."
+    from PIL import Image
+    from sarlang_nb.sario import read_sar
+    stem = Path(image).stem
+    if rd.provenance == "synthetic world":
+        p = rd.sar_raw/f"{stem}.png"
+        return p if p.exists() else None
+    tif = next((Path(rd.config["data_root"])/"SARimages"/f"{stem}{e}" for e in (".tif", ".tiff") if (Path(rd.config["data_root"])/"SARimages"/f"{stem}{e}").exists()), None)
+    if tif is None: return None
+    out = rd.sar_raw/f"{stem}.png"
+    if not out.exists():
+        buf = io.BytesIO(); Image.fromarray(raw_display(read_sar(tif))).save(buf, format="PNG")
+        atomic_write(out, buf.getvalue())
+    return out
+
+# %% ../nbs/11_inference.ipynb #4f538b58
+ABLATION_DEFAULTS = {"smoke": dict(modes=["zero-shot", "lora"]), "paper": dict(models=["qwen2.5-vl"], modes=["zero-shot"])}
+
+def ablation_run(rd,                      # a `core.RunDir`
+                 models=None,             # models compared (None: smoke the run's first model, paper ["qwen2.5-vl"])
+                 modes=None,              # "zero-shot" and/or "lora" (None: smoke both, paper zero-shot, the paper's protocol)
+                 pattern:str|None=None,   # a regular expression on image file names restricting the test images (e.g. OpenEarthMap-SAR's)
+                 batch_size:int=8,        # generation batch
+                 max_new_tokens:int=64,   # generation budget
+                 max_samples:int|None=None): # first N examples per test file
+    "Raw vs preprocessed predictions on the same test examples -> `predictions/<model>/<mode>-{raw,pre}/`; returns `{(model, mode): stats}`."
+    import re
+    from sarlang_nb.finetune import run_files
+    cfg = rd.config
+    d = ABLATION_DEFAULTS["paper" if cfg.get("profile") == "paper" else "smoke"]
+    names, skipped = rd.models_to_run()
+    models = models or d.get("models") or names[:1]
+    modes = modes or d["modes"]
+    files, _ = run_files(rd, "test")
+    roots = [rd.path] + ([Path(cfg["data_root"])] if cfg.get("data_root") else [])
+    ex = load_examples(files, True, max_samples, roots)
+    keep = [(e, r) for e in ex if (pattern is None or re.search(pattern, Path(e["image_rel"]).name)) and (r := raw_image(rd, e["image_rel"]))]
+    if not keep: raise SarlangError(f"no test image has a raw original (pattern {pattern!r}; see the notebook for what 'raw' means)", rd.path)
+    shas, out = [sha256_file(f) for f in files], {}
+    for name in models:
+        if name not in names: print(f"ablation: skipped {name}: {skipped.get(name, 'not a model of this run')}"); continue
+        base = rd.model_path(name) or rd.models(name)/"base"
+        for mode in modes:
+            sides = [("raw", [{**e, "image": str(r)} for e, r in keep])]
+            if len(keep) < len(ex): sides.append(("pre", [e for e, _ in keep]))   # all examples: the pre side is predictions/<model>/<mode>/
+            for side, exs in sides:
+                dd = rd.predictions(name, f"{mode}-{side}")
+                req = dict(files=[str(f) for f in files], data_sha256=shas, pattern=pattern, max_samples=max_samples, max_new_tokens=max_new_tokens,
+                           base=str(base), adapter=(rd.models(name)/"lora"/"adapter_model.safetensors").stat().st_mtime_ns if mode == "lora" else None)
+                if not ((dd/"request.json").exists() and json.loads((dd/"request.json").read_text()) == req):
+                    dd.mkdir(parents=True, exist_ok=True); (dd/PRED_FILE).unlink(missing_ok=True); write_json(dd/"request.json", req)
+                ad = load_vlm(name, base, device=cfg.get("device", "cpu"), seed=cfg.get("seed", 0)) if mode == "zero-shot" else \
+                     load_finetuned(rd.models(name)/"lora", device=cfg.get("device", "cpu"))
+                out[(name, f"{mode}-{side}")] = predict(ad, exs, dd, batch_size, max_new_tokens, resume=True, desc=f"{name} {mode} {side}")
+                write_json(dd/"ablation.json", dict(side=side, model=name, mode=mode, examples=len(exs), pattern=pattern, data=rd.provenance,
+                    preprocessed_side=str(rd.predictions(name, f"{mode}-pre" if len(sides) > 1 else mode).relative_to(rd.path)),
+                    images=("raw: " + ("SARimages/raw/<id>.png, the world's 8-bit amplitude (no refined Lee, no log, no stretch)" if rd.provenance == "synthetic world"
+                                       else "the release's original SARimages/<stem>.tif as amplitude, min-max to 8 bits (no despeckling, no log, no stretch)"))
+                           if side == "raw" else "preprocessed: " + ("SARimages/<id>.png of stage 02 (refined Lee 7x7, log, 2-98 % stretch)"
+                                                                      if rd.provenance == "synthetic world" else "the release's SARimages/<stem>.png")))
     return out
 
 # %% ../nbs/11_inference.ipynb #db207e21
@@ -201,7 +275,11 @@ def score_run(rd, names=None): # a `core.RunDir`; models
 
 def run_stage(rd,                     # a `core.RunDir`
               batch_size:int=8,       # generation batch
-              max_new_tokens:int|None=None): # generation budget (None: 64 smoke, 256 paper: complex captions run long)
+              max_new_tokens:int|None=None, # generation budget (None: 64 smoke, 256 paper: complex captions run long)
+              ablation:bool=True,     # also the raw-vs-preprocessed comparison (`ablation_run`)
+              ablation_models=None,   # see `ablation_run`
+              ablation_modes=None,    # see `ablation_run`
+              ablation_pattern=None): # see `ablation_run`
     "Stage 11: zero-shot and LoRA predictions of the run's models (smoke: scored, the central claim checked); returns the manifest."
     from sarlang_nb.core import default_run_dir
     from sarlang_nb.finetune import write_model_card
@@ -209,6 +287,7 @@ def run_stage(rd,                     # a `core.RunDir`
     budget = max_new_tokens or (256 if rd.config.get("profile") == "paper" else 64)
     rd.require("10_finetune")
     stats, origin = infer_run(rd, batch_size=batch_size, max_new_tokens=budget, max_samples=12 if quick else None)
+    if ablation: stats.update(ablation_run(rd, ablation_models, ablation_modes, ablation_pattern, batch_size, budget, 12 if quick else None))
     for k, s in stats.items(): print(k, f"{s['samples']} samples, {s['samples_per_second']} samples/s, {s['tokens_per_second']} tokens/s")
     smoke = rd.config.get("profile", "smoke") == "smoke"
     claims = score_run(rd) if smoke else {}   # paper profile: the metrics stage scores with the official (GPT) judge

@@ -13,8 +13,8 @@ import numpy as np
 from .core import SarlangError, atomic_write, progress, open_run, RunDir, open_text, check_device
 
 # %% auto #0
-__all__ = ['VGG16_CFG', 'IMAGENET_MEAN', 'IMAGENET_STD', 'VGG16_LAYERS', 'PIXEL_STATS_LABEL', 'PAPER_TABLE3_DATASETS',
-           'NOT_TRANSCRIBED', 'TABLE3_COLUMNS', 'PAPER_FEATURES', 'PAPER_TABLE3', 'REQUIRES', 'unit_rows',
+__all__ = ['VGG16_CFG', 'IMAGENET_MEAN', 'IMAGENET_STD', 'VGG16_LAYERS', 'PIXEL_STATS_LABEL', 'PAPER_TABLE3',
+           'PAPER_TABLE3_DATASETS', 'NOT_TRANSCRIBED', 'TABLE3_COLUMNS', 'PAPER_FEATURES', 'REQUIRES', 'unit_rows',
            'SimilarityAccumulator', 'overall_similarity', 'pairwise_similarity', 'VGG16', 'find_vgg16_weights',
            'load_vgg16', 'pixel_stats_features', 'PixelStatsExtractor', 'vgg16_preprocess', 'VGG16Extractor',
            'image_extractor', 'random_vgg16', 'load_sentence_bert', 'SentenceBertExtractor', 'similarity_row',
@@ -324,12 +324,12 @@ class SentenceBertExtractor:
                                                convert_to_numpy=True, show_progress_bar=False), np.float32)
 
 # %% ../nbs/08_similarity.ipynb #2527a2ef
-PAPER_TABLE3_DATASETS = ["RSICD", "RSITMD", "UCM", "VRSBench", "FUSAR-Map", "SARDet-100K", "SARLANG-1M"]
-NOT_TRANSCRIBED = "n/a (not transcribed)"
+from .paper import paper_table3_values
+PAPER_TABLE3 = paper_table3_values()   # {(dataset, "image"|"text"): (mean, variance, N)}: the 13 pairs Table 3 prints
+PAPER_TABLE3_DATASETS = list(dict.fromkeys(d for d, _ in PAPER_TABLE3))   # the paper's labels and order
+NOT_TRANSCRIBED = "– (not in the paper)"   # the paper prints '–' for the text of Ours (paired RGB), FUSAR-Map, SARDet-100k
 TABLE3_COLUMNS = ["dataset", "collection", "modality", "features", "N", "mean", "variance", "source"]
 PAPER_FEATURES = {"image": "VGG16", "text": "Sentence-BERT"}
-# the paper's values, {(dataset, "image" or "text"): (mean, variance) or (mean, variance, N)}: fill from the PDF
-PAPER_TABLE3 = {}
 
 def similarity_row(dataset:str, collection:str, modality:str, extractor, items, ddof:int=0, desc=None):
     "One Table 3 row: the overall similarity of `items` (image paths or texts) under `extractor`."
@@ -372,15 +372,18 @@ def read_paper_table3(path): # CSV: dataset, modality, mean, variance[, N]
             out[key] = _check_paper_value(key, (row["mean"], row["variance"]) + ((n,) if n else ()), p, i)
     return out
 
-def paper_rows(values=None): # {(dataset, modality): (mean, variance[, N])}; None: PAPER_TABLE3
-    "The paper's Table 3 rows, image and text per dataset; a value not given says n/a (not transcribed)."
-    vals = {k: _check_paper_value(k, v) for k, v in (PAPER_TABLE3 if values is None else values).items()}
+def paper_rows(values=None): # corrections {(dataset, modality): (mean, variance[, N])} over the published PAPER_TABLE3
+    "The paper's Table 3 rows, image and text per dataset: the published values, with `values` replacing some; '–' cells say so."
+    vals = {k: _check_paper_value(k, v) for k, v in PAPER_TABLE3.items()}
+    for k, v in (values or {}).items():
+        m, var, n = _check_paper_value(k, v)
+        vals[k] = (m, var, n if n is not None else vals.get(k, (None, None, None))[2])   # a correction without N keeps the paper's N
     rows = []
     for d in PAPER_TABLE3_DATASETS:
         for mod, feat in PAPER_FEATURES.items():
             m, v, n = vals.get((d, mod), (NOT_TRANSCRIBED, NOT_TRANSCRIBED, None))
             rows.append(dict(dataset=d, collection="(paper)", modality=mod, features=feat, N=NOT_TRANSCRIBED if n is None else n,
-                             mean=m, variance=v, source="paper Table 3"))
+                             mean=m, variance=v, source="paper Table 3" if (d, mod) not in (values or {}) else "paper Table 3 (corrected by --paper-values)"))
     return rows
 
 def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -526,7 +529,7 @@ def _parser():
     rn.add_argument("--layer", default="fc7", choices=sorted(VGG16_LAYERS), help="VGG16 layer (default fc7)")
     rn.add_argument("--model", help="local sentence-transformers folder (default: the run's model_paths['sentence-bert'], else all-MiniLM-L6-v2)")
     rn.add_argument("--paper-values", help="CSV of the paper's Table 3 values (columns dataset, modality, mean, variance, optional N) "
-                                           "shown beside the run's rows (default: PAPER_TABLE3, not transcribed)")
+                                           "shown beside the run's rows (default: the published values, PAPER_TABLE3)")
     return ap
 
 def _stats(ext, items, ddof, check):
