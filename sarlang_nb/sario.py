@@ -15,7 +15,7 @@ from .core import SarlangError, atomic_write
 
 # %% auto #0
 __all__ = ['POLS', 'IMAGE_EXTS', 'MAX_PIXELS', 'SarRaster', 'write_geotiff', 'pixel_limit', 'read_raster', 'read_sar',
-           'find_images']
+           'declared_shape', 'check_image_size', 'find_images']
 
 # %% ../nbs/01_sario.ipynb #da9ee2c4
 POLS = ("HH", "HV", "VH", "VV")
@@ -222,6 +222,36 @@ def read_sar(path,                   # image file
     r = read_raster(path, domain=domain, **kwargs)
     if pol is not None: return r.band(pol)
     return r.data[0] if r.data.shape[0] == 1 else r.data
+
+
+# %% ../nbs/01_sario.ipynb #5b2e0004
+def declared_shape(path): # an image file: .png/.jpg/.bmp/.tif/.tiff
+    "`(bands, H, W)` that a file's header declares, read without decoding any pixel (a `SarlangError` for an unreadable header)."
+    path = Path(path)
+    if not path.is_file(): raise SarlangError("file not found", path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        try:
+            with tifffile.TiffFile(path) as tif:
+                s = tif.series
+                if len(s) > 1 and all(x.shape == s[0].shape for x in s) and set(s[0].axes) <= set("YX"): return (len(s), *s[0].shape)
+                shp, axes = s[0].shape, s[0].axes
+        except (tifffile.TiffFileError, ValueError, OSError, IndexError) as e: raise SarlangError(f"corrupt or unreadable TIFF ({e})", path) from None
+        bands = int(np.prod([d for d, a in zip(shp, axes) if a not in "YX"], dtype=object))
+        return (bands, int(shp[axes.index("Y")]) if "Y" in axes else 1, int(shp[axes.index("X")]) if "X" in axes else 1)
+    try:
+        with Image.open(path) as im: return (len(im.getbands()), im.height, im.width)
+    except Image.DecompressionBombError as e:
+        raise SarlangError(f"refused as a possible decompression bomb: {e} (a tiny file declaring a huge image)", path) from None
+    except UnidentifiedImageError: raise SarlangError("not a readable image (unknown or corrupt format)", path) from None
+    except (OSError, SyntaxError, ValueError) as e: raise SarlangError(f"corrupt or truncated image ({e})", path) from None
+
+def check_image_size(path,                   # an image file
+                     max_pixels:int|None=None): # the limit in samples (None: `pixel_limit()`)
+    "`declared_shape(path)` when it is within the size limit, else the `SarlangError` `read_raster` would raise: for any reader to call before it decodes."
+    shape = declared_shape(path)
+    _check_size(shape, pixel_limit(max_pixels), path)
+    return shape
 
 
 # %% ../nbs/01_sario.ipynb #27aa82e4

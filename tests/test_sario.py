@@ -180,3 +180,16 @@ def test_one_reader_rule_for_tiff_sample_types(tmp_path):
         a = np.ones((3, 4), np.float32); a[1, 1] = bad
         tifffile.imwrite(tmp_path/name, a)
         with pytest.raises(SarlangError, match=msg): read_sar(tmp_path/name)
+
+def test_check_image_size_for_other_readers(tmp_path):
+    "The header-only check any decoder can call first: same limit, same bomb refusal, nothing decoded."
+    (tmp_path/"huge.tif").write_bytes(huge_tiff_header())
+    (tmp_path/"bomb.png").write_bytes(bomb_png())
+    with pytest.raises(SarlangError, match=r"huge\.tif: the header declares 100000 x 100000"): sario.check_image_size(tmp_path/"huge.tif")
+    with pytest.raises(SarlangError, match=r"bomb\.png: refused as a possible decompression bomb"): sario.check_image_size(tmp_path/"bomb.png")
+    assert sario.declared_shape(tmp_path/"huge.tif") == (1, 100000, 100000)
+    write_geotiff(tmp_path/"q.tif", np.ones((4, 8, 9), np.float32), bands=list(POLS))
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path/"rgb.png")
+    assert sario.check_image_size(tmp_path/"q.tif") == (4, 8, 9) and sario.check_image_size(tmp_path/"rgb.png") == (3, 5, 7)
+    (tmp_path/"junk.png").write_bytes(b"junk")
+    with pytest.raises(SarlangError, match="junk.png: not a readable image"): sario.check_image_size(tmp_path/"junk.png")
