@@ -47,6 +47,7 @@ def main():
         print(f"concurrency 1 : {a.subset} rows in {t1:.2f} s -> {r1:.2f} rows/s (subset; {a.rows} rows would take ~{a.rows/r1/60:.1f} min)")
         print(f"concurrency {a.concurrency}: {a.rows} rows in {tn:.2f} s -> {rn:.1f} rows/s  (ideal {a.concurrency/a.latency:.0f} rows/s)")
         print(f"speed-up     : {rn/r1:.1f}x (target >= 20x)")
+        print(f"requests     : {rep['llm_calls']} answered, {rep['llm_attempts']} tried (llm_calls never exceeds what the server received)")
         print(f"re-run (all cached): {a.rows} rows in {t2:.2f} s, {rep2['llm_calls']} calls, {rep2['cache_hits']} cache hits")
         print(json.dumps({"rows": a.rows, "subset_c1": a.subset, "latency_s": a.latency, "rows_per_s_c1": round(r1, 3),
                           f"rows_per_s_c{a.concurrency}": round(rn, 2), "speedup": round(rn/r1, 2), "rerun_s": round(t2, 3)}))
