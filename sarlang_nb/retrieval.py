@@ -808,7 +808,8 @@ def finetune_clip(train_files,               # caption files to train on (releas
     old = read_json(rf) if rf.exists() else None
     if old == request and (out/"model"/"config.json").exists() and (out/"sarlang_retrieval.json").exists():
         return {**read_json(out/"sarlang_retrieval.json"), "reused": True}
-    if old != request:                          # another request (or none): start over, recording the request first
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if old != request and main_process:         # another request (or none): start over, recording the request first
         if out.exists(): shutil.rmtree(out)
         out.mkdir(parents=True); write_json(rf, request)
     ck = out/"checkpoints"; prior = _ckpts(ck)
@@ -921,20 +922,21 @@ def narrate_run(rd,                       # the run
                 landcover_classes=None,   # class names of those masks, comma-separated or a list
                 rewrite:str="template",   # stage 4: "template", "llm" or "none"
                 llm_model:str="gpt-4o-mini", base_url=None): # the LLM for rewrite="llm"
-    "Narrate the run's detection images into `Text/narration/`; returns `(files, report)`."
+    "Narrate the run's detection images into `Text/narration/`; returns `(files, report, root)` (root: what the image paths are relative to)."
     det = Path(det_root) if det_root else rd.detection
     anns = sorted((det/"Annotations").glob("*.json"))
     if not anns: raise SarlangError("no detection annotations (Annotations/*.json) to narrate: pass det_root", det/"Annotations")
     if landcover_dir: lc = folder_landcover(landcover_dir, _split_list(landcover_classes) or _req(None, "landcover_classes"))
     elif (rd.path/"world"/"world.json").exists(): lc = world_landcover(rd.path)
     else: lc = None
-    items = [it for a in anns for it in coco_items(a, rd.path if not det_root else det.parent, lc)]
+    root = det if det_root else rd.path
+    items = [it for a in anns for it in coco_items(a, root, lc)]
     client = None
     if rewrite == "llm":
         from sarlang_nb.llm import LLMClient
         client = LLMClient(llm_model, base_url=base_url, cache=rd.path/"cache"/"llm.sqlite")
     recs, facts, rep = narrate(items, rewrite, client)
-    return write_narration(rd.path/"Text"/"narration", recs, facts, rep), rep
+    return write_narration(rd.path/"Text"/"narration", recs, facts, rep), rep, root
 
 def _req(v, name):
     if v is None: raise SarlangError(f"{name} is required here")
@@ -969,10 +971,10 @@ def run_stage(rd,                         # the run (`core.RunDir`)
     rd.require(*REQUIRES)
     t0 = time.time(); outs, nrep = [], None
     if captions == "narrated":
-        files, nrep = narrate_run(rd, det_root, landcover_dir, landcover_classes, rewrite, llm_model, base_url)
+        files, nrep, root = narrate_run(rd, det_root, landcover_dir, landcover_classes, rewrite, llm_model, base_url)
         outs += files
         nd = rd.path/"Text"/"narration"
-        train, test, root = [nd/"Caption-training.csv"], [nd/"Caption_test.csv", nd/"Caption_test1.csv"], rd.path
+        train, test = [nd/"Caption-training.csv"], [nd/"Caption_test.csv", nd/"Caption_test1.csv"]
         cap_desc = f"narrated by {NARRATOR_VERSION} from detection boxes" + (" and land-cover masks" if nrep["with_landcover"] else "")
     else:
         train, test, root = _release_captions(rd, cfg, train_captions, test_captions)

@@ -353,3 +353,12 @@ def test_stage_paper_profile_release_captions(narrated, tmp_path):
     assert res["provenance"]["captions"].startswith("release captions") and res["training"]["recipe"] == "paper"
     assert res["training"]["steps"] == 2 and "Hugging Face CLIPModel" in res["zero_shot"]["model"]
     with pytest.raises(SarlangError, match="give both"): R.run_stage(rd, clip_path=str(tmp_path/"clip"), train_captions="a.csv")
+
+def test_stage_paper_profile_narrates_a_detection_folder(world, tmp_path):
+    rd = open_run(tmp_path/"paper", "paper")
+    for s in R.REQUIRES: rd.write_manifest(s, [])
+    R.tiny_clip(2).save(tmp_path/"clip")
+    res = R.run_stage(rd, captions="narrated", det_root=str(world/"detection"), clip_path=str(tmp_path/"clip"), max_steps=2, batch_size=8)
+    assert res["narration"]["failed"] == 0 and res["provenance"]["captions"].endswith("from detection boxes")   # no masks here
+    recs = formats.read_captions(rd.path/"Text"/"narration"/"Caption_test1.csv", root=world/"detection")
+    assert recs and all(r["image"].startswith("JPEGImages/test/") and (world/"detection"/r["image"]).is_file() for r in recs)
