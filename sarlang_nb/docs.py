@@ -100,11 +100,13 @@ def link_stages(md:str,         # Markdown text
     "`md` with stage names (bare or in backticks, with or without `.ipynb`) linked to their notebooks."
     if not md or not stages: return md
     names = "|".join(sorted(map(re.escape, stages), key=len, reverse=True))
-    bare = re.compile(rf"(?<![\w/.-])(?:nbs/)?({names})(?:\.ipynb)?(?![\w-])")
-    def code(s):
-        m = re.fullmatch(rf"`(?:nbs/)?({names})(?:\.ipynb)?`", s)
-        return f"[{s}]({m[1]}.ipynb)" if m and m[1] != this else s
-    def text(s): return bare.sub(lambda m: m[0] if m[1] == this else f"[{m[0]}]({m[1]}.ipynb)", s)
+    numbered = "|".join(sorted((re.escape(s) for s in stages if s[:1].isdigit()), key=len, reverse=True)) or "(?!)"
+    bare = re.compile(rf"(?<![\w/.-])(?:nbs/)?({numbered})(?:\.ipynb)?(?![\w-])|(?<![\w/.-])(?:nbs/)?({names})\.ipynb(?![\w-])")
+    def code(s):   # a stage in backticks; an unnumbered notebook (`index`) only with its .ipynb
+        m = re.fullmatch(rf"`(?:nbs/)?({numbered})(?:\.ipynb)?`|`(?:nbs/)?({names})\.ipynb`", s)
+        stem = m and (m[1] or m[2])
+        return f"[{s}]({stem}.ipynb)" if stem and stem != this else s
+    def text(s): return bare.sub(lambda m: m[0] if (m[1] or m[2]) == this else f"[{m[0]}]({m[1] or m[2]}.ipynb)", s)
     out, last = [], 0
     for m in _PROTECT.finditer(md):
         out.append(text(md[last:m.start()]))
@@ -227,6 +229,8 @@ class SiteProc(Processor):
                 o["traceback"] = [scrub_paths(_ANSI.sub("", t), self.root) for t in o.get("traceback", [])]
             if "data" in o:
                 d = dict(o["data"])
+                if "application/vnd.jupyter.widget-view+json" in d and not set(d) - {"application/vnd.jupyter.widget-view+json", "text/plain"}:
+                    continue   # a widget (tqdm's notebook bar): nothing a static page can show
                 for k in ("text/plain", "text/html", "text/markdown", "text/latex"):
                     if k in d: d[k] = scrub_paths("".join(d[k]) if isinstance(d[k], list) else d[k], self.root)
                 if "text/markdown" in d: d["text/markdown"] = link_stages(self.lookup.linkify(d["text/markdown"]), self.stages, self.this)
