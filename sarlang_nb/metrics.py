@@ -188,6 +188,12 @@ def evaluate_captions(pred,                   # prediction file (see `read_capti
     summary = {**summary, "predictions": str(pred), **({"references": str(refs)} if refs else {}),
                "refs_per_item": round(sum(len(i["refs"]) for i in items)/len(items), 3),
                "empty_predictions": sum(not i["predict"].strip() for i in items), "skipped_rows": items[0]["skipped"], "failed_rows": items[0]["failed"]}
+    seen, dups = {}, []
+    for it in items:                                           # the same row twice (image, prediction, references) is reported
+        k = (it["image"], it["predict"], tuple(it["refs"]))
+        if k in seen: dups.append([it["row"], seen[k]])
+        else: seen[k] = it["row"]
+    summary.update(duplicate_rows=len(dups), first_duplicates=dups[:10])
     if json_out: write_json(json_out, summary)
     if per_sample:
         keys = [k for k in CAPTION_KEYS if k in per[0]]
@@ -225,6 +231,10 @@ def captions_main(argv=None): # command-line arguments (default: sys.argv[1:])
     except SarlangError as e:
         print(f"sarlang-eval-captions: error: {e}", file=sys.stderr); return 1
     print(json.dumps(s, indent=2))
+    if s["failed_rows"]: print(f"sarlang-eval-captions: note: {s['failed_rows']} row(s) failed at inference (an 'error' field) and are not scored", file=sys.stderr)
+    if s["duplicate_rows"]:
+        first = ", ".join(f"row {r} repeats row {f}" for r, f in s["first_duplicates"][:3])
+        print(f"sarlang-eval-captions: warning: {s['duplicate_rows']} duplicate row(s) ({first}); each is scored", file=sys.stderr)
     return 0
 
 # %% ../nbs/12_metrics.ipynb #cdd68aa7
@@ -549,6 +559,9 @@ def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
         print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 1
     print(json.dumps(rep, indent=2))
     if not a.quiet: print(vqa_table(rep), file=sys.stderr)
+    if rep["failed_rows"]:
+        print(f"sarlang-eval-vqa: note: {rep['failed_rows']} row(s) failed at inference (an 'error' field) and are not scored; "
+              f"counted as wrong the accuracy would be {rep['accuracy_failed_as_wrong']:.4f}", file=sys.stderr)
     if rep["duplicate_rows"]:
         first = ", ".join(f"row {r} repeats row {f}" for r, f in rep["first_duplicates"][:3])
         print(f"sarlang-eval-vqa: warning: {rep['duplicate_rows']} duplicate row(s) ({first}); each is scored", file=sys.stderr)

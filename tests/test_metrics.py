@@ -469,3 +469,13 @@ def test_out_of_range_numbers_are_usage_errors(tmp_path, flag, value):
     write_vqa_csv(tmp_path/"VQA_result.csv", judge_needed_rows(1))
     code, out, err = run_cli(M.vqa_main, [tmp_path/"VQA_result.csv", "--base-url", "http://127.0.0.1:9/v1", "--no-cache", flag, value])
     assert code == 2 and flag in err and out == "" and "Traceback" not in err
+
+def test_caption_failed_and_duplicate_rows_reported(tmp_path):
+    rows = [{"predict": "two ships", "label": "two ships in a harbor", "image": "a.png"},
+            {"predict": "", "label": "a bridge", "image": "b.png", "error": "image unreadable"},
+            {"predict": "two ships", "label": "two ships in a harbor", "image": "a.png"}]
+    (tmp_path/"p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(M.captions_main, [tmp_path/"p.jsonl"])
+    s = json.loads(out)
+    assert code == 0 and (s["n"], s["failed_rows"], s["duplicate_rows"], s["first_duplicates"]) == (2, 1, 1, [[3, 1]])
+    assert "1 row(s) failed at inference" in err and "duplicate" in err
