@@ -56,6 +56,7 @@ def _check_inputs(sim, text_image):
         raise SarlangError(f"text_image must give one image index per text ({sim.shape[1]} texts), got shape {ti.shape}")
     if len(ti) and (not np.issubdtype(ti.dtype, np.integer) or ti.min() < 0 or ti.max() >= sim.shape[0]):
         raise SarlangError(f"text_image must hold image indices in [0, {sim.shape[0]}), got values from {ti.min()} to {ti.max()}")
+    if not np.issubdtype(sim.dtype, np.floating): sim = sim.astype(np.float64)
     if np.isnan(sim).any(): raise SarlangError("the similarity matrix holds NaN scores")
     return sim, ti.astype(np.int64)
 
@@ -70,12 +71,25 @@ def retrieval_ranks(sim,                       # (n_images, n_texts) similarity 
     nI, nT = sim.shape
     i2t, t2i = np.empty(nT if protocol == "openclip" else nI, np.int64), np.empty(nT, np.int64)
     if protocol == "community":
+        # the correct scores are known up front (each caption with its image): two passes over the matrix suffice
+        vals = sim[ti, np.arange(nT)]                        # each caption's score with its own image
+        best = np.full(nI, -np.inf, sim.dtype); np.maximum.at(best, ti, vals)      # each image's best caption score
+        tied = vals == best[ti]                              # captions that reach their image's best score
+        n_tied = np.bincount(ti[tied], minlength=nI)         # ... how many per image
+        first = np.full(nI, nT, np.int64); np.minimum.at(first, ti[tied], np.nonzero(tied)[0])   # ... the first of them
         for a in range(0, nI, chunk):        # each image ranks all texts; correct: its captions
-            rows = np.arange(a, min(a + chunk, nI))
-            i2t[rows] = _first_positive_rank(sim[rows], ti[None] == rows[:, None], ties)
+            S, b = sim[a:a + chunk], best[a:a + chunk, None]
+            r = (S > b).sum(1)
+            if ties == "pessimistic": r = r + (S == b).sum(1) - n_tied[a:a + chunk]
+            elif ties == "index": r = r + ((S == b) & (np.arange(nT)[None] < first[a:a + chunk, None])).sum(1)
+            i2t[a:a + chunk] = r
+        i2t[np.bincount(ti, minlength=nI) == 0] = -1
         for a in range(0, nT, chunk):        # each text ranks all images; correct: its image
-            cols = np.arange(a, min(a + chunk, nT))
-            t2i[cols] = _first_positive_rank(sim[:, cols].T, np.arange(nI)[None] == ti[cols, None], ties)
+            S, v = sim[:, a:a + chunk], vals[None, a:a + chunk]
+            r = (S > v).sum(0)
+            if ties == "pessimistic": r = r + (S == v).sum(0) - 1
+            elif ties == "index": r = r + ((S == v) & (np.arange(nI)[:, None] < ti[None, a:a + chunk])).sum(0)
+            t2i[a:a + chunk] = r
     elif protocol == "openclip":             # N pairs (image of text k, text k); correct: the diagonal only
         for a in range(0, nT, chunk):
             q = np.arange(a, min(a + chunk, nT)); eye = np.arange(nT)[None] == q[:, None]
@@ -111,7 +125,7 @@ def retrieval_metrics(sim,                     # (n_images, n_texts) similarity 
     i2t, t2i = retrieval_ranks(sim, text_image, ties, protocol, chunk)
     return recall_summary(i2t, t2i, ks, protocol, ties)
 
-# %% ../nbs/14_retrieval.ipynb #40ccbe4a
+# %% ../nbs/14_retrieval.ipynb #41e33a54
 def brute_force_ranks(sim, text_image, ties:str="pessimistic", protocol:str="community"): # see `retrieval_ranks`
     "The reference for `retrieval_ranks`: one explicit sort per query."
     sim, ti = _check_inputs(sim, text_image)
@@ -134,7 +148,7 @@ def brute_force_ranks(sim, text_image, ties:str="pessimistic", protocol:str="com
         t2i = [rank(P[:, k].tolist(), {k}) for k in range(nT)]
     return np.asarray(i2t, np.int64), np.asarray(t2i, np.int64)
 
-# %% ../nbs/14_retrieval.ipynb #07ab94b9
+# %% ../nbs/14_retrieval.ipynb #c91ae8d5
 def embedding_metrics(image_emb,               # (n_images, d) image embeddings (L2-normalised for cosine similarity)
                       text_emb,                # (n_texts, d) text embeddings
                       text_image,              # (n_texts,) index of each text's image
@@ -162,7 +176,7 @@ def embedding_metrics(image_emb,               # (n_images, d) image embeddings 
     else: raise SarlangError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     return recall_summary(i2t, t2i, ks, protocol, ties)
 
-# %% ../nbs/14_retrieval.ipynb #752a9d29
+# %% ../nbs/14_retrieval.ipynb #561a287f
 from .vqa import box_position, plural
 from .captions import number_word, quality_control, QCConfig
 from .synthetic import CLASSES
@@ -197,7 +211,7 @@ def box_facts(boxes,     # [{"category": name, "bbox": [x, y, w, h]}] of one ima
                           sizes={s: sizes[s] for s, _ in SIZES if sizes[s]})
     return dict(width=int(width), height=int(height), objects=objs, classes=classes, total=len(objs))
 
-# %% ../nbs/14_retrieval.ipynb #c0ea8c7e
+# %% ../nbs/14_retrieval.ipynb #3b571789
 def landcover_facts(mask,          # (H, W) integer class index per pixel
                     names,         # class name of each index
                     min_named:float=0.10, # a class is named in the description from this fraction on
@@ -218,7 +232,7 @@ def landcover_facts(mask,          # (H, W) integer class index per pixel
 def lc_name(n): return LC_NAMES.get(n, n).replace("_", " ")   # words for a land-cover class
 def _pct(f): return int(round(100*f))
 
-# %% ../nbs/14_retrieval.ipynb #eeae8613
+# %% ../nbs/14_retrieval.ipynb #0579200d
 def _join(xs): return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
 def _noun(c, n): return c if n == 1 else plural(c)
 def _sizes(d): return _join(list(d["sizes"]))
@@ -269,7 +283,7 @@ def template_rewrite(facts:dict,    # as for `structured_description`
     s = f"{_cap(lcs[0])} dominates this SAR scene" + (", alongside " + _join(lcs[1]) if lcs[1] else "") + "."
     return s + f" It contains {objs}" + ("; " + _join(where) if where else "") + "."
 
-# %% ../nbs/14_retrieval.ipynb #f33ceb28
+# %% ../nbs/14_retrieval.ipynb #65dbf3f9
 _NUMS = {number_word(i): i for i in range(13)} | {"no": 0, "zero": 0, "a single": 1, "single": 1}
 
 def _alt(words): return "|".join(sorted((re.escape(w) for w in words), key=len, reverse=True))
@@ -325,7 +339,7 @@ def check_caption(text:str,              # a caption
     elif re.search(r"\d+\s*%", t): errs.append("states a land-cover percentage, but no land-cover mask is known")
     return errs
 
-# %% ../nbs/14_retrieval.ipynb #9e9a2dfe
+# %% ../nbs/14_retrieval.ipynb #b4da977c
 from . import formats
 from .captions import prompt_hash
 
@@ -388,7 +402,7 @@ def narrate(items:list,                 # dicts: image_id, image, split, width, 
                   by_captioner=dict(Counter(r["captioner"] for r in out)))
     return out, list(facts.values()), report
 
-# %% ../nbs/14_retrieval.ipynb #000416e0
+# %% ../nbs/14_retrieval.ipynb #7be8e548
 def _find_image(root, stem, file_name, split):
     root = Path(root)
     for rel in (f"SARimages/{stem}.png", f"SARimages/{file_name}", f"detection/JPEGImages/{split}/{file_name}",
@@ -467,7 +481,7 @@ def write_narration(out,         # the folder to write (e.g. RUN/Text/narration:
     files.append(write_json(out/"narration_report.json", report))
     return files
 
-# %% ../nbs/14_retrieval.ipynb #6856aa7a
+# %% ../nbs/14_retrieval.ipynb #0d323d46
 import torch
 
 TINY_CLIP = dict(hidden=64, intermediate=128, layers=2, heads=4, image_size=64, patch=8, projection=64, max_text=128)
@@ -512,7 +526,7 @@ def tiny_clip(seed:int=0, **kw): # random seed; TINY_CLIP overrides
     torch.manual_seed(seed)
     return ClipBundle(CLIPModel(cfg).eval(), tok, _image_processor(c["image_size"]), f"tiny random CLIP (seed {seed})")
 
-# %% ../nbs/14_retrieval.ipynb #8b0cbd26
+# %% ../nbs/14_retrieval.ipynb #2ec22b47
 _BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
 _RENAME = {"visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
            "visual.class_embedding": "vision_model.embeddings.class_embedding",
@@ -609,7 +623,7 @@ def clip_from_openclip(sd:dict, **kw): # an OpenCLIP state dict; `openclip_confi
     if missing or unexpected: raise SarlangError(f"the converted checkpoint does not fit CLIPModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
-# %% ../nbs/14_retrieval.ipynb #21da3b57
+# %% ../nbs/14_retrieval.ipynb #6e3f57fd
 def load_clip(path=None,                 # None: the tiny random CLIP; a CLIPModel folder; or an OpenCLIP checkpoint file
               tokenizer_path=None,       # tokenizer folder (OpenCLIP checkpoints: a CLIP tokenizer folder; default: `path`)
               device:str="cpu",          # where to put the model
@@ -647,6 +661,7 @@ def load_clip(path=None,                 # None: the tiny random CLIP; a CLIPMod
     b.model.to(device)
     return b
 
+# %% ../nbs/14_retrieval.ipynb #1c9a47e8
 @torch.no_grad()
 def encode_images(b:ClipBundle,      # the model
                   images,            # image paths or PIL images
@@ -670,7 +685,7 @@ def encode_texts(b:ClipBundle, texts, batch_size:int=256, desc:str="texts"): # m
         out.append(torch.nn.functional.normalize(b.model.get_text_features(**t).pooler_output.float(), dim=-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, b.model.config.projection_dim), np.float32)
 
-# %% ../nbs/14_retrieval.ipynb #39569356
+# %% ../nbs/14_retrieval.ipynb #298f1051
 from transformers import Trainer, TrainerCallback
 
 LOGIT_SCALE_INIT, LOGIT_SCALE_MAX = math.log(1/0.07), math.log(100)
@@ -724,7 +739,7 @@ class ClipTrainer(Trainer):
     def get_decay_parameter_names(self, model):
         return [n for n, p in model.named_parameters() if p.ndim >= 2]
 
-# %% ../nbs/14_retrieval.ipynb #adb7af78
+# %% ../nbs/14_retrieval.ipynb #b3af10a5
 def caption_pairs(files,          # caption files (release CSV/JSON; `sarlang_nb.formats`)
                   root=None):     # dataset root of the image paths (default: each file's own, `formats.infer_root`)
     "`(pairs, records)`: (absolute image path, caption) per record, and the records."
@@ -767,7 +782,7 @@ def apply_clip_lora(model, r:int=16, alpha:int=32): # a CLIPModel; LoRA rank and
     _logit_scale(pm).requires_grad_(True)
     return pm
 
-# %% ../nbs/14_retrieval.ipynb #1a0b1860
+# %% ../nbs/14_retrieval.ipynb #db6808ee
 def _ckpts(folder):
     from sarlang_nb.finetune import checkpoints
     return checkpoints(folder)
@@ -855,7 +870,7 @@ def finetune_clip(train_files,               # caption files to train on (releas
         b.save(out/"model"); write_json(out/"sarlang_retrieval.json", info)
     return info
 
-# %% ../nbs/14_retrieval.ipynb #81db3b8d
+# %% ../nbs/14_retrieval.ipynb #afc046e7
 def evaluate_retrieval(b:ClipBundle,          # the model
                        files,                 # test caption files (release format; every caption of an image counts)
                        root=None,             # dataset root (default: each file's own)
@@ -871,7 +886,7 @@ def evaluate_retrieval(b:ClipBundle,          # the model
     m = embedding_metrics(I, T, np.array([idx[p] for p, _ in pairs]), ties=ties, protocol=protocol)
     return {**m, "n_images": len(images), "n_texts": len(pairs), "model": b.source}
 
-# %% ../nbs/14_retrieval.ipynb #464a5e88
+# %% ../nbs/14_retrieval.ipynb #847c0e59
 REQUIRES = ("02_preprocess", "03_synthetic")
 TABLE = "retrieval_zs_vs_ft"
 _TIE_WORDS = {"pessimistic": "pessimistically", "optimistic": "optimistically", "index": "by candidate index"}
@@ -1006,7 +1021,7 @@ def run_stage(rd,                         # the run (`core.RunDir`)
                       narration_failed=None if nrep is None else nrep["failed"], wall_s=res["wall_s"])
     return res
 
-# %% ../nbs/14_retrieval.ipynb #7f4c7955
+# %% ../nbs/14_retrieval.ipynb #d181ce27
 def narrate_cmd(annotations:str,           # COCO detection json file(s), comma-separated
                 root:str,                  # dataset root: image paths in the captions are relative to it
                 out:str,                   # output folder (Caption-training.csv, Caption_test.csv, Caption_test1.csv, facts.jsonl, report)
