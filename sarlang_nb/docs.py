@@ -254,6 +254,20 @@ def doc_procs():
     skip = {"exec_show_docs", "rm_export"}
     return [p for p in FilterDefaults().base_procs() if p.__name__ not in skip] + [SiteProc]
 
+import contextlib, functools
+
+@contextlib.contextmanager
+def _config_once():
+    "nbdev reads pyproject.toml again for every cell (`clean_magics`, `show_doc`): read it once while a build runs."
+    import nbdev.config, nbdev.processors, nbdev.showdoc, nbdev.doclinks
+    mods = (nbdev.processors, nbdev.showdoc, nbdev.doclinks)
+    old = [m.get_config for m in mods]
+    cached = functools.lru_cache(maxsize=None)(nbdev.config.get_config)
+    for m in mods: m.get_config = cached
+    try: yield
+    finally:
+        for m, f in zip(mods, old): m.get_config = f
+
 def process_notebook(path,          # a notebook (from nbs/)
                      executed=None): # the same notebook executed by a run, whose outputs to show (a path or None)
     "The notebook after nbdev's doc processing and `SiteProc` (an nbdev `AttrDict` notebook)."
@@ -264,7 +278,8 @@ def process_notebook(path,          # a notebook (from nbs/)
     if executed and Path(executed).exists(): merge_outputs(nb, json.loads(Path(executed).read_text(encoding="utf-8")))
     nb = dict2nb(nb); nb.path_ = str(path)
     old = os.environ.get("IN_TEST"); os.environ["IN_TEST"] = "1"
-    try: NBProcessor(nb=nb, procs=doc_procs(), rm_directives="quarto").process()
+    try:
+        with _config_once(): NBProcessor(nb=nb, procs=doc_procs(), rm_directives="quarto").process()
     finally:
         if old is None: os.environ.pop("IN_TEST", None)
         else: os.environ["IN_TEST"] = old
