@@ -14,9 +14,9 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "
 DRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("SARLANG_TEST_ARTIFACTS") or Path(tempfile.gettempdir())/"sarlang-nb-artifacts")/"docs"
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="headless browser test: Debian's chromium and chromium-driver are not installed "
-                                       "(apt-get install -y chromium chromium-driver)")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                   reason="headless browser test: Debian's chromium and chromium-driver are not installed "
+                                          "(apt-get install -y chromium chromium-driver)")
 
 
 def png_bytes(w=96, h=64):
@@ -82,6 +82,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not (CHROMIUM and DRIVER): pytest.skip("chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -142,6 +143,20 @@ def _shot(drv, name):
     return ARTIFACTS/name
 
 
+def test_site_files(site):
+    "Without a browser: every notebook is a page, MathJax and the search index are in the site, nothing comes from a CDN."
+    out, pages, _ = site
+    assert {f"{p.stem}.html" for p in (ROOT/"nbs").glob("*.ipynb")} | {"results.html"} <= {p.name for p in pages}
+    assert (out/"assets"/"mathjax"/"tex-svg.js").stat().st_size > 1_000_000
+    recs = json.loads((out/"search.json").read_text(encoding="utf-8"))
+    assert any(r["url"].startswith("02_preprocess.html") and "refined lee" in (r["text"] + r["section"] + r["page"]).lower() for r in recs)
+    for p in pages:
+        h = p.read_text(encoding="utf-8")
+        assert not re.search(r'(src|href)="(https?:)?//', h.split("<main", 1)[0]), f"{p.name} loads something from the network"
+        assert 'aria-current="page"' in h and "In&nbsp;[" not in h and "jp-InputPrompt" not in h, p.name
+
+
+@needs_browser
 def test_every_page(site, browser, capsys):
     "Every page loads in the frame, with no broken link or image, no raw math, prompt, directive, table or path."
     out, pages, _ = site
@@ -178,6 +193,7 @@ def test_every_page(site, browser, capsys):
     assert not problems, "\n".join(problems)
 
 
+@needs_browser
 def test_cleaned_outputs(site, browser):
     "The noisy cell of 02_preprocess shows its table as a table, its figure, and its paths without the machine's folders."
     out, _, _ = site
@@ -189,6 +205,7 @@ def test_cleaned_outputs(site, browser):
     assert browser.execute_script("return Array.from(document.images).filter(i => i.naturalWidth === 96).length") >= 1
 
 
+@needs_browser
 def test_search_finds_preprocessing(site, browser):
     "Typing 'refined Lee' in the sidebar's search box lists the preprocessing page; following the hit opens it."
     from selenium.webdriver.common.by import By
@@ -208,6 +225,7 @@ def test_search_finds_preprocessing(site, browser):
     WebDriverWait(browser, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li.none"))
 
 
+@needs_browser
 def test_results_page(site, browser, capsys):
     "Every table and figure of paper_figures/ is on the results page, figures loaded, each linked to a notebook page."
     out, _, figs = site
