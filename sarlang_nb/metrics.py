@@ -528,8 +528,9 @@ def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
         parts.append(f"{rep['invalid']} row(s) got no clear 0 or 1 from the judge (see the judge_reply column)")
     if not parts: return None
     done = rep.get("judged_by_llm", 0)
-    tail = (f"the {done} judgement(s) received are cached in {cache}: a re-run asks only for the rows without one" if cache else
-            "nothing is cached (no cache in use): a re-run asks the judge for every row again")
+    tail = ("nothing is cached (no cache in use): a re-run asks the judge for every row again" if not cache else
+            f"no judgement came back, so none is cached in {cache}: a re-run asks for these rows again" if not done else
+            f"the {done} judgement(s) received are cached in {cache}: a re-run asks only for the rows without one")
     return "; ".join(parts) + f". They count as wrong in this report; {tail}"
 
 def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
