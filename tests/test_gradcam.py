@@ -231,7 +231,7 @@ def test_stage_tables_metrics_figures(tmp_path):
 def test_stage_without_boxes_says_not_computed(tmp_path):
     "A paper-profile run with no COCO annotations: the table says not computed and why; no number is written."
     rd = open_run(tmp_path/"run", "paper", models=[])
-    rd.write_manifest("03_synthetic", [], skipped=True); rd.write_manifest("10_finetune", [])
+    rd.write_manifest("10_finetune", [])      # the paper profile needs no 03_synthetic
     s = run_stage(rd)
     assert s["computed"] is False and "no COCO detection annotations" in s["reason"]
     md = (rd.tables/"gradcam_pointing.md").read_text()
@@ -239,9 +239,33 @@ def test_stage_without_boxes_says_not_computed(tmp_path):
     assert json.loads((rd.metrics/"gradcam.json").read_text())["computed"] is False
 
 
+def test_stage_paper_profile_with_sardet_boxes_under_data_root(tmp_path):
+    "Paper profile: weights from model_paths, the adapter on them, SARDet-100K's COCO file and JPEGImages under data_root."
+    from sarlang_nb.finetune import finetune, demo_dataset
+    dr = tmp_path/"release"; (dr/"SARDet-100K"/"JPEGImages"/"test").mkdir(parents=True)
+    a = (np.random.default_rng(0).random((96, 160))*60).astype(np.uint8); a[10:30, 100:140] = 250
+    Image.fromarray(a).save(dr/"SARDet-100K"/"JPEGImages"/"test"/"0000007.jpg")
+    write_json(dr/"SARDet-100K"/"Annotations"/"test.json", dict(
+        images=[dict(id=7, file_name="0000007.jpg", width=160, height=96)],
+        annotations=[dict(id=1, image_id=7, category_id=3, bbox=[100, 10, 40, 20], area=800, iscrowd=0)],
+        categories=[dict(id=3, name="ship")]))
+    load_vlm("llava-1.5").save_base(tmp_path/"weights")
+    rd = open_run(tmp_path/"run", "paper", models=["llava-1.5"], data_root=str(dr), device="cpu",
+                  model_paths={"llava-1.5": str(tmp_path/"weights")})
+    files = demo_dataset(tmp_path/"demo", 8)
+    finetune("llava-1.5", [files["vqa_train"]], rd.models("llava-1.5")/"lora", model_path=tmp_path/"weights", recipe="smoke",
+             max_steps=2, batch_size=2, save_steps=100)
+    rd.write_manifest("10_finetune", [])
+    s = run_stage(rd, n_random=1)
+    assert s["computed"] and s["data"] == "release" and s["n_images"] == 1
+    assert [(r["mode"], r["n_words"]) for r in s["results"]] == [("zero-shot", 1), ("lora", 1)]
+    assert s["results"][0]["energy_chance"] == pytest.approx(800/(160*96))             # box-area share of the whole image
+    assert (rd.figures/"gradcam_llava-1.5_1.png").exists()
+
+
 def test_stage_paper_profile_names_the_missing_stage(tmp_path):
     rd = open_run(tmp_path/"run", "paper", models=[])
-    with pytest.raises(Exception, match="03_synthetic"): run_stage(rd)
+    with pytest.raises(Exception, match="10_finetune"): run_stage(rd)
 
 
 def test_cli_bad_input(tmp_path, capsys):
