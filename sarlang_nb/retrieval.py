@@ -47,7 +47,35 @@ def _first_positive_rank(S,        # (queries, candidates) scores
         else: raise SarlangError(f"ties must be one of {', '.join(TIES)}, not {ties!r}")
     return np.where(has, rank, -1)
 
-# %% ../nbs/14_retrieval.ipynb #6573826b
+# %% ../nbs/14_retrieval.ipynb #6720b951
+def _i2t_block(S,        # (b, n_texts) scores of images a..a+b-1 against every text
+               a:int,    # the first image of the block
+               ti,       # (n_texts,) image of each text
+               ties:str):
+    "Community image->text ranks of a block: the correct scores are gathered from `S` first, then two comparisons."
+    b, nT = S.shape
+    sel = np.nonzero((ti >= a) & (ti < a + b))[0]                 # the captions of these images
+    row = ti[sel] - a; vals = S[row, sel]
+    best = np.full(b, -np.inf, S.dtype); np.maximum.at(best, row, vals)
+    tied = vals == best[row]                                       # captions reaching their image's best score
+    r = (S > best[:, None]).sum(1)
+    if ties == "pessimistic": r = r + (S == best[:, None]).sum(1) - np.bincount(row[tied], minlength=b)
+    elif ties == "index":
+        first = np.full(b, nT, np.int64); np.minimum.at(first, row[tied], sel[tied])
+        r = r + ((S == best[:, None]) & (np.arange(nT)[None] < first[:, None])).sum(1)
+    r[np.bincount(row, minlength=b) == 0] = -1
+    return r
+
+def _t2i_block(S,        # (b, n_images) scores of a block of texts against every image
+               img,      # (b,) the image of each of those texts
+               ties:str):
+    "Community text->image ranks of a block."
+    v = S[np.arange(len(S)), img][:, None]
+    r = (S > v).sum(1)
+    if ties == "pessimistic": r = r + (S == v).sum(1) - 1
+    elif ties == "index": r = r + ((S == v) & (np.arange(S.shape[1])[None] < img[:, None])).sum(1)
+    return r
+
 def _check_inputs(sim, text_image):
     sim = np.asarray(sim)
     if sim.ndim != 2: raise SarlangError(f"the similarity matrix must be 2-D (images x texts), got shape {sim.shape}")
@@ -71,25 +99,8 @@ def retrieval_ranks(sim,                       # (n_images, n_texts) similarity 
     nI, nT = sim.shape
     i2t, t2i = np.empty(nT if protocol == "openclip" else nI, np.int64), np.empty(nT, np.int64)
     if protocol == "community":
-        # the correct scores are known up front (each caption with its image): two passes over the matrix suffice
-        vals = sim[ti, np.arange(nT)]                        # each caption's score with its own image
-        best = np.full(nI, -np.inf, sim.dtype); np.maximum.at(best, ti, vals)      # each image's best caption score
-        tied = vals == best[ti]                              # captions that reach their image's best score
-        n_tied = np.bincount(ti[tied], minlength=nI)         # ... how many per image
-        first = np.full(nI, nT, np.int64); np.minimum.at(first, ti[tied], np.nonzero(tied)[0])   # ... the first of them
-        for a in range(0, nI, chunk):        # each image ranks all texts; correct: its captions
-            S, b = sim[a:a + chunk], best[a:a + chunk, None]
-            r = (S > b).sum(1)
-            if ties == "pessimistic": r = r + (S == b).sum(1) - n_tied[a:a + chunk]
-            elif ties == "index": r = r + ((S == b) & (np.arange(nT)[None] < first[a:a + chunk, None])).sum(1)
-            i2t[a:a + chunk] = r
-        i2t[np.bincount(ti, minlength=nI) == 0] = -1
-        for a in range(0, nT, chunk):        # each text ranks all images; correct: its image
-            S, v = sim[:, a:a + chunk], vals[None, a:a + chunk]
-            r = (S > v).sum(0)
-            if ties == "pessimistic": r = r + (S == v).sum(0) - 1
-            elif ties == "index": r = r + ((S == v) & (np.arange(nI)[:, None] < ti[None, a:a + chunk])).sum(0)
-            t2i[a:a + chunk] = r
+        i2t = np.concatenate([_i2t_block(sim[a:a + chunk], a, ti, ties) for a in range(0, nI, chunk)] or [np.zeros(0, np.int64)])
+        t2i = np.concatenate([_t2i_block(sim[:, a:a + chunk].T, ti[a:a + chunk], ties) for a in range(0, nT, chunk)] or [np.zeros(0, np.int64)])
     elif protocol == "openclip":             # N pairs (image of text k, text k); correct: the diagonal only
         for a in range(0, nT, chunk):
             q = np.arange(a, min(a + chunk, nT)); eye = np.arange(nT)[None] == q[:, None]
@@ -164,10 +175,8 @@ def embedding_metrics(image_emb,               # (n_images, d) image embeddings 
     if ties not in TIES: raise SarlangError(f"ties must be one of {', '.join(TIES)}, not {ties!r}")
     ti = ti.astype(np.int64); nI, nT = len(I), len(T)
     if protocol == "community":
-        i2t = np.concatenate([_first_positive_rank(I[a:a + chunk] @ T.T, ti[None] == np.arange(a, min(a + chunk, nI))[:, None], ties)
-                              for a in range(0, nI, chunk)] or [np.zeros(0, np.int64)])
-        t2i = np.concatenate([_first_positive_rank(T[a:a + chunk] @ I.T, np.arange(nI)[None] == ti[a:a + chunk, None], ties)
-                              for a in range(0, nT, chunk)] or [np.zeros(0, np.int64)])
+        i2t = np.concatenate([_i2t_block(I[a:a + chunk] @ T.T, a, ti, ties) for a in range(0, nI, chunk)] or [np.zeros(0, np.int64)])
+        t2i = np.concatenate([_t2i_block(T[a:a + chunk] @ I.T, ti[a:a + chunk], ties) for a in range(0, nT, chunk)] or [np.zeros(0, np.int64)])
     elif protocol == "openclip":
         Ip = I[ti]
         eye = lambda a: np.arange(nT)[None] == np.arange(a, min(a + chunk, nT))[:, None]
@@ -481,7 +490,7 @@ def write_narration(out,         # the folder to write (e.g. RUN/Text/narration:
     files.append(write_json(out/"narration_report.json", report))
     return files
 
-# %% ../nbs/14_retrieval.ipynb #0d323d46
+# %% ../nbs/14_retrieval.ipynb #2903fcd9
 import torch
 
 TINY_CLIP = dict(hidden=64, intermediate=128, layers=2, heads=4, image_size=64, patch=8, projection=64, max_text=128)
@@ -526,7 +535,7 @@ def tiny_clip(seed:int=0, **kw): # random seed; TINY_CLIP overrides
     torch.manual_seed(seed)
     return ClipBundle(CLIPModel(cfg).eval(), tok, _image_processor(c["image_size"]), f"tiny random CLIP (seed {seed})")
 
-# %% ../nbs/14_retrieval.ipynb #2ec22b47
+# %% ../nbs/14_retrieval.ipynb #e781dad2
 _BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
 _RENAME = {"visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
            "visual.class_embedding": "vision_model.embeddings.class_embedding",
@@ -623,7 +632,7 @@ def clip_from_openclip(sd:dict, **kw): # an OpenCLIP state dict; `openclip_confi
     if missing or unexpected: raise SarlangError(f"the converted checkpoint does not fit CLIPModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
-# %% ../nbs/14_retrieval.ipynb #6e3f57fd
+# %% ../nbs/14_retrieval.ipynb #66539d84
 def load_clip(path=None,                 # None: the tiny random CLIP; a CLIPModel folder; or an OpenCLIP checkpoint file
               tokenizer_path=None,       # tokenizer folder (OpenCLIP checkpoints: a CLIP tokenizer folder; default: `path`)
               device:str="cpu",          # where to put the model
@@ -661,7 +670,7 @@ def load_clip(path=None,                 # None: the tiny random CLIP; a CLIPMod
     b.model.to(device)
     return b
 
-# %% ../nbs/14_retrieval.ipynb #1c9a47e8
+# %% ../nbs/14_retrieval.ipynb #5a18b11f
 @torch.no_grad()
 def encode_images(b:ClipBundle,      # the model
                   images,            # image paths or PIL images
@@ -685,7 +694,7 @@ def encode_texts(b:ClipBundle, texts, batch_size:int=256, desc:str="texts"): # m
         out.append(torch.nn.functional.normalize(b.model.get_text_features(**t).pooler_output.float(), dim=-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, b.model.config.projection_dim), np.float32)
 
-# %% ../nbs/14_retrieval.ipynb #298f1051
+# %% ../nbs/14_retrieval.ipynb #f767e12f
 from transformers import Trainer, TrainerCallback
 
 LOGIT_SCALE_INIT, LOGIT_SCALE_MAX = math.log(1/0.07), math.log(100)
@@ -739,7 +748,7 @@ class ClipTrainer(Trainer):
     def get_decay_parameter_names(self, model):
         return [n for n, p in model.named_parameters() if p.ndim >= 2]
 
-# %% ../nbs/14_retrieval.ipynb #b3af10a5
+# %% ../nbs/14_retrieval.ipynb #496e3cf6
 def caption_pairs(files,          # caption files (release CSV/JSON; `sarlang_nb.formats`)
                   root=None):     # dataset root of the image paths (default: each file's own, `formats.infer_root`)
     "`(pairs, records)`: (absolute image path, caption) per record, and the records."
@@ -782,7 +791,7 @@ def apply_clip_lora(model, r:int=16, alpha:int=32): # a CLIPModel; LoRA rank and
     _logit_scale(pm).requires_grad_(True)
     return pm
 
-# %% ../nbs/14_retrieval.ipynb #db6808ee
+# %% ../nbs/14_retrieval.ipynb #a461bd91
 def _ckpts(folder):
     from sarlang_nb.finetune import checkpoints
     return checkpoints(folder)
@@ -870,7 +879,7 @@ def finetune_clip(train_files,               # caption files to train on (releas
         b.save(out/"model"); write_json(out/"sarlang_retrieval.json", info)
     return info
 
-# %% ../nbs/14_retrieval.ipynb #afc046e7
+# %% ../nbs/14_retrieval.ipynb #913470c2
 def evaluate_retrieval(b:ClipBundle,          # the model
                        files,                 # test caption files (release format; every caption of an image counts)
                        root=None,             # dataset root (default: each file's own)
@@ -886,7 +895,7 @@ def evaluate_retrieval(b:ClipBundle,          # the model
     m = embedding_metrics(I, T, np.array([idx[p] for p, _ in pairs]), ties=ties, protocol=protocol)
     return {**m, "n_images": len(images), "n_texts": len(pairs), "model": b.source}
 
-# %% ../nbs/14_retrieval.ipynb #847c0e59
+# %% ../nbs/14_retrieval.ipynb #aee7d39e
 REQUIRES = ("02_preprocess", "03_synthetic")
 TABLE = "retrieval_zs_vs_ft"
 _TIE_WORDS = {"pessimistic": "pessimistically", "optimistic": "optimistically", "index": "by candidate index"}
@@ -1021,7 +1030,7 @@ def run_stage(rd,                         # the run (`core.RunDir`)
                       narration_failed=None if nrep is None else nrep["failed"], wall_s=res["wall_s"])
     return res
 
-# %% ../nbs/14_retrieval.ipynb #d181ce27
+# %% ../nbs/14_retrieval.ipynb #f25de9b2
 def narrate_cmd(annotations:str,           # COCO detection json file(s), comma-separated
                 root:str,                  # dataset root: image paths in the captions are relative to it
                 out:str,                   # output folder (Caption-training.csv, Caption_test.csv, Caption_test1.csv, facts.jsonl, report)
