@@ -69,8 +69,9 @@ def predict(adapter,                 # a `VLMAdapter` (zero-shot) or `load_finet
             rows += new
             dt = max(time.time() - t0, 1e-9)
             if hasattr(bar, "set_postfix"): bar.set_postfix(samples_s=f"{(len(rows)-n0)/dt:.1f}", tok_s=f"{tokens/dt:.0f}")
-    # the authors' VQA_result.csv: VQA rows only, no header (their script counts every row, a header or a caption too)
-    formats.write_vqa_result(out/RESULT_FILE, [r for r in rows if r.get("kind") != "caption"], header=False)
+    # the authors' VQA_result.csv: VQA rows only, no header (their script counts every row, a header or a caption too), and
+    # no failed rows (their script would score them as wrong answers; generated_predictions.jsonl keeps them with their error)
+    formats.write_vqa_result(out/RESULT_FILE, [r for r in rows if r.get("kind") != "caption" and not r.get("error")], header=False)
     dt = time.time() - t0
     failed = [(k + 1, r["error"]) for k, r in enumerate(rows) if r.get("error")]
     stats = dict(model=adapter.name, source=adapter.source, samples=len(rows), generated_now=len(rows) - n0,
@@ -87,9 +88,10 @@ def quick_scores(rows:list): # prediction rows (`predict`, `label`, `kind`, opti
     vqa = [r for r in rows if r.get("kind", "vqa") != "caption"]; cap = [r for r in rows if r.get("kind") == "caption"]
     out = {"scorer": "sarlang_nb.metrics (rules judge; CIDEr, official tokenisation)"}
     if vqa:
-        rep, _ = evaluate_vqa([dict(question=r.get("question") or "", gt=r["label"], predict=r["predict"]) for r in vqa], "rules", by=None)
-        out.update(accuracy=rep["accuracy"], n=rep["n"])
-    if cap: out.update(CIDEr=caption_scores([dict(predict=r["predict"], refs=[r["label"]]) for r in cap])[0]["CIDEr"], n=len(cap))
+        rep, _ = evaluate_vqa([dict(question=r.get("question") or "", gt=r["label"], predict=r["predict"], failed=r.get("error")) for r in vqa], "rules", by=None)
+        out.update(accuracy=rep["accuracy"], n=rep["n"], failed=sum(bool(r.get("error")) for r in vqa))   # failed rows are counted, not scored
+    ok = [r for r in cap if not r.get("error")]
+    if ok: out.update(CIDEr=caption_scores([dict(predict=r["predict"], refs=[r["label"]]) for r in ok])[0]["CIDEr"], n=len(ok), failed_captions=len(cap) - len(ok))
     return out
 
 # %% ../nbs/11_inference.ipynb #05a9e097

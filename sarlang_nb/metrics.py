@@ -601,7 +601,7 @@ def evaluate_run(rd,                        # a `RunDir`
                 try: items = read_caption_items(tmp, allow_empty=True)
                 except SarlangError as e: raise SarlangError(e.msg, recs[(e.row or 1) - 1][0], recs[(e.row or 1) - 1][1]) from None
             s, per = caption_scores(items, tokenize)
-            s.update(model=model, mode=mode, style=style, empty_predictions=sum(not i["predict"].strip() for i in items),
+            s.update(model=model, mode=mode, style=style, data=getattr(rd, "provenance", None), empty_predictions=sum(not i["predict"].strip() for i in items),
                      failed_rows=cap_failed[style], predictions=sorted({str(f.relative_to(rd.path)) for f, _, _ in recs}))
             if cap_failed[style]: s["caveat"] = f"{cap_failed[style]} caption row(s) failed at inference and are not scored"
             out = rd.metrics/f"captions_{model}_{mode}_{style}.json"
@@ -622,7 +622,7 @@ def evaluate_run(rd,                        # a `RunDir`
             if judge != "rules" and client is None:
                 client = judge_client(judge_model, base_url, concurrency, rd.path/"cache"/"llm.sqlite")
             rep, per = evaluate_vqa(rows, judge, client)
-            rep.update(model=model, mode=mode, predictions=sorted({o["file"] for o in rows}))
+            rep.update(model=model, mode=mode, data=getattr(rd, "provenance", None), predictions=sorted({o["file"] for o in rows}))
             out = rd.metrics/f"vqa_{model}_{mode}.json"
             outs.append(write_json(out, rep))
             outs.append(write_per_sample_csv(out.with_suffix(".csv"), per, ["file", *PER_ROW_COLUMNS]))
@@ -648,6 +648,6 @@ def run_stage(rd,                          # a `RunDir`
     check_base_url(base_url)
     outputs = evaluate_run(rd, judge, judge_model, base_url, concurrency, tokenize)
     shown = {o.name: metric_line(o.name, read_json(o)) for o in outputs if o.suffix == ".json"}
-    rd.write_manifest("12_metrics", outputs, judge=judge, tokenize=tokenize, metrics=shown)
+    rd.write_manifest("12_metrics", outputs, data=rd.provenance, judge=judge, tokenize=tokenize, metrics=shown)
     return outputs
 
