@@ -49,9 +49,15 @@ def load_image(path,                      # image file (or a PIL image)
                max_pixels:int|None=262144): # shrink so that width*height <= max_pixels (None: keep)
     "An RGB PIL image no larger than `max_pixels`; 16-bit/32-bit/float images are percentile-stretched to 8 bits."
     if isinstance(path, Image.Image): im = path
+    elif Path(path).suffix.lower() in (".tif", ".tiff"):   # the one SAR reader rule (as sarlang-preprocess): complex -> |z|, float16 -> float32, NaN/negative refused
+        from sarlang_nb.sario import read_raster
+        if not Path(path).is_file(): raise SarlangError("image not found", path)
+        im = Image.fromarray(stretch_to_8bit(read_raster(path, domain="amplitude").data[0]))
     else:
+        from sarlang_nb.sario import check_image_size
+        if not Path(path).is_file(): raise SarlangError("image not found", path)
+        check_image_size(path)                              # a decompression bomb is refused before it is decoded
         try: im = Image.open(path); im.load()
-        except FileNotFoundError: raise SarlangError("image not found", path) from None
         except Exception as e: raise SarlangError(f"cannot read image ({e})", path) from None
     if im.mode in HIGH_DEPTH_MODES: im = Image.fromarray(stretch_to_8bit(np.asarray(im)))
     im = im.convert("RGB")

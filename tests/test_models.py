@@ -368,3 +368,20 @@ def test_stage_redoes_work_after_data_change(tmp_path):
     for mode in ("zero-shot", "lora"):
         assert stats[("qwen2-vl", mode)]["resumed_rows"] == 0
         assert [r["label"] for r in formats.read_predictions(rd.predictions("qwen2-vl", mode)/PRED_FILE)] == [e["answer"] for e in ex]
+
+
+def test_load_image_uses_the_sar_reader_rule(tmp_path, monkeypatch):
+    "Inference reads TIFFs as sarlang-preprocess does: complex64 -> |z|, NaN refused by name; a bomb PNG refused before decoding."
+    import numpy as np, tifffile
+    from PIL import Image
+    from sarlang_nb.models import load_image
+    z = (np.arange(64, dtype=np.float32).reshape(8, 8) * (1 + 1j)).astype(np.complex64)
+    tifffile.imwrite(tmp_path/"c.tif", z)
+    im = load_image(tmp_path/"c.tif")
+    assert im.size == (8, 8) and np.asarray(im)[0, 0, 0] == 0 and np.asarray(im)[-1, -1, 0] == 255
+    bad = np.ones((8, 8), np.float32); bad[3, 3] = np.nan
+    tifffile.imwrite(tmp_path/"nan.tif", bad)
+    with pytest.raises(SarlangError, match="nan.tif"): load_image(tmp_path/"nan.tif")
+    Image.new("L", (200, 200)).save(tmp_path/"bomb.png")
+    monkeypatch.setenv("SARLANG_MAX_PIXELS", "10000")             # a small limit stands in for a decompression bomb
+    with pytest.raises(SarlangError, match="bomb.png"): load_image(tmp_path/"bomb.png")
