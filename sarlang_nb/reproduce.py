@@ -6,13 +6,14 @@ Docs: https://sarlang.github.io/sarlang-nb/reproduce.html.md"""
 
 # %% ../nbs/90_reproduce.ipynb #aa1d75a3
 from __future__ import annotations
-import argparse, json, os, re, sys, time
+import argparse, contextlib, json, os, re, sys, time
 from pathlib import Path
 from .core import SarlangError, RunDir, repo_root, sarlang_home, write_json, read_json, PROFILES, check_no_secrets, update_config
 
 # %% auto #0
 __all__ = ['PARAMS_FILE', 'notebooks_dir', 'stage_notebooks', 'select_stages', 'parse_kv', 'declared_parameters',
-           'parameter_defaults', 'StageFailed', 'run_stage', 'check_paper_inputs', 'stage_params', 'reproduce', 'main']
+           'parameter_defaults', 'StageFailed', 'run_stage', 'heartbeat', 'check_paper_inputs', 'stage_params',
+           'reproduce', 'main']
 
 # %% ../nbs/90_reproduce.ipynb #6bf442af
 _STAGE_RE = re.compile(r"^(\d\d)_(\w+)\.ipynb$")
@@ -97,6 +98,32 @@ def run_stage(nb:Path,              # the stage notebook
         if km.has_kernel: km.shutdown_kernel(now=True)
         shutil.rmtree(sock, ignore_errors=True)
     return out
+
+# %% ../nbs/90_reproduce.ipynb #b8de0607
+def _running_cell(out:Path): # the partial output notebook
+    "`(i, n)`: the 1-based index of the cell papermill is executing (or the last one done) and the number of code cells."
+    try: cells = [c for c in json.loads(Path(out).read_text(encoding="utf-8"))["cells"] if c.get("cell_type") == "code"]
+    except (OSError, ValueError, KeyError): return None
+    st = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells]
+    i = next((k for k, s in enumerate(st) if s == "running"), None)
+    if i is None: i = max((k for k, s in enumerate(st) if s == "completed"), default=-1)
+    return i + 1, len(cells)
+
+@contextlib.contextmanager
+def heartbeat(head:str,           # the stage's line prefix, e.g. "[10/13] 10_finetune"
+              out:Path,           # the output notebook papermill writes
+              stream=sys.stdout,  # where the lines go
+              every:float=30.0):  # seconds between lines
+    "Print `head  running 1m30s (cell 12/37)` every `every` seconds while the block runs."
+    import threading
+    stop, t0 = threading.Event(), time.time()
+    def beat():
+        while not stop.wait(every):
+            c = _running_cell(out)
+            print(f"{head}  running {int(time.time()-t0)//60}m{int(time.time()-t0)%60:02d}s" + (f" (cell {c[0]}/{c[1]})" if c else ""), file=stream, flush=True)
+    th = threading.Thread(target=beat, daemon=True); th.start()
+    try: yield
+    finally: stop.set(); th.join()
 
 # %% ../nbs/90_reproduce.ipynb #ce0d5386
 def check_paper_inputs(data_root,             # --data-root
@@ -184,7 +211,8 @@ def reproduce(run_dir="runs/smoke",   # the run folder
             print(f"{head}  re-run: {', '.join(changed)} changed since it completed", file=out, flush=True)
         t = time.time()
         (rd.manifests/f"{nb.stem}.json").unlink(missing_ok=True)  # running again: complete only if this run completes
-        try: run_stage(nb, rd.notebooks/nb.name, base, kernel, log_output)
+        try:
+            with heartbeat(head, rd.notebooks/nb.name, out): run_stage(nb, rd.notebooks/nb.name, base, kernel, log_output)
         except StageFailed:
             print(f"{head}  FAILED after {time.time()-t:.1f} s", file=out, flush=True); raise
         times[nb.stem] = round(time.time() - t, 2); ran.append(nb.stem)
