@@ -23,8 +23,8 @@ __all__ = ['APPLICATIONS', 'SARDET_CLASSES', 'CAPTION_PROMPT', 'VQA_TEMPLATE', '
            'write_json_records', 'write_vqa_json', 'write_caption_json', 'write_csv_records', 'write_caption_csv',
            'read_coco', 'coco_counts', 'write_coco', 'read_sardet', 'write_dataset_info', 'write_release',
            'release_files', 'iter_release', 'load_release', 'write_predictions', 'iter_predictions', 'read_predictions',
-           'write_vqa_result', 'read_vqa_result', 'annotate_predictions', 'predictions_to_vqa_result', 'detect_kind',
-           'check_path', 'convert_file', 'main']
+           'write_vqa_result', 'read_vqa_result', 'annotate_predictions', 'row_kind', 'predictions_to_vqa_result',
+           'detect_kind', 'check_path', 'convert_file', 'main']
 
 # %% ../nbs/04_formats.ipynb #5a49bcd8
 APPLICATIONS = ("image description", "object identification", "object classification", "instance counting",
@@ -798,15 +798,28 @@ def annotate_predictions(rows:Iterable,    # prediction rows in dataset order (a
                        if k in rec and k not in r}}
     if next(it, None) is not None: raise SarlangError(f"fewer predictions ({i}) than records", path)
 
+def row_kind(r:dict): # a prediction row (LLaMA-Factory's or ours)
+    "'caption', 'vqa' or None for a prediction row."
+    k = str(r.get("kind") or r.get("task") or "").lower()
+    if k.startswith("cap"): return "caption"
+    if k in ("vqa", "qa"): return "vqa"
+    prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else ""
+    if r.get("style") or CAPTION_PROMPT in prompt: return "caption"
+    if r.get("question") or r.get("application") or _VQA_PROMPT_RE.search(prompt): return "vqa"
+    return None
+
+_VQA_PROMPT_RE = re.compile(r"Question:\s?(?P<q>.*?)\.\s*Answer the question concisely\.", re.S)
+
 def predictions_to_vqa_result(jsonl,               # generated_predictions.jsonl
                               csv_path,            # VQA_result.csv to write
                               header:bool=False,   # write a header row
                               records=None,        # VQA file the predictions were made for, when the rows lack image/question
                               root=None):          # dataset root of `records`
-    "Convert LLaMA-Factory predictions (with our `image`/`question` keys, or matched to `records` by position) to the authors' `VQA_result.csv`."
+    "Convert LLaMA-Factory predictions (with our `image`/`question` keys, or matched to `records` by position) to the authors' `VQA_result.csv` (VQA rows only)."
     rows = iter_predictions(jsonl)
     if records is not None: rows = annotate_predictions(rows, iter_vqa(records, root=root), jsonl)
-    return write_vqa_result(csv_path, rows, header=header)
+    # the authors' script scores every row it reads: caption rows and rows sarlang-infer could not answer stay out
+    return write_vqa_result(csv_path, (r for r in rows if row_kind(r) != "caption" and not r.get("error")), header=header)
 
 # %% ../nbs/04_formats.ipynb #095d704d
 def detect_kind(path): # a text file

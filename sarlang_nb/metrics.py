@@ -11,16 +11,15 @@ from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from .core import SarlangError, write_json, atomic_writer, read_json, open_run, progress, open_text, check_output_file
 from .llm import LLMClient, check_base_url
-from .formats import (iter_json_records, read_vqa_result, guess_application, strip_image_tokens,
+from .formats import (row_kind, _VQA_PROMPT_RE, iter_json_records, read_vqa_result, guess_application, strip_image_tokens,
                                 iter_captions, CAPTION_PROMPT, APPLICATIONS)
 
 # %% auto #0
-__all__ = ['CAPTION_KEYS', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'REQUIRES', 'row_kind',
-           'read_caption_items', 'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'captions_main',
-           'question_from_prompt', 'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer',
-           'rule_judgement', 'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa',
-           'metric_line', 'vqa_table', 'plot_accuracy', 'judge_failure_message', 'vqa_main', 'evaluate_run',
-           'run_stage']
+__all__ = ['CAPTION_KEYS', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'REQUIRES', 'read_caption_items',
+           'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'captions_main', 'question_from_prompt',
+           'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer', 'rule_judgement',
+           'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa', 'metric_line',
+           'vqa_table', 'plot_accuracy', 'judge_failure_message', 'vqa_main', 'evaluate_run', 'run_stage']
 
 # %% ../nbs/12_metrics.ipynb #2b6ac3e5
 def _need_text(v, what, path, row, empty_ok=False):
@@ -38,18 +37,6 @@ def _row_error(r): # a prediction record
 def _image_key(image): # an image path or id
     "Images are matched by file name without extension (`SARimages/0000001.png` ~ `0000001.jpg` ~ `0000001`)."
     return PurePosixPath(str(image).replace("\\", "/")).stem
-
-def row_kind(r:dict): # a prediction row
-    "'caption', 'vqa' or None for a prediction row."
-    k = str(r.get("kind") or r.get("task") or "").lower()
-    if k.startswith("cap"): return "caption"
-    if k in ("vqa", "qa"): return "vqa"
-    prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else ""
-    if r.get("style") or CAPTION_PROMPT in prompt: return "caption"
-    if r.get("question") or r.get("application") or _VQA_PROMPT_RE.search(prompt): return "vqa"
-    return None
-
-_VQA_PROMPT_RE = re.compile(r"Question:\s?(?P<q>.*?)\.\s*Answer the question concisely\.", re.S)
 
 def _coco_refs(path):
     "`{image_id: [captions]}` from a COCO captions file."

@@ -409,3 +409,15 @@ def test_coco_detection_ids_and_kind(tmp_path):
 def test_nul_in_an_image_path_is_refused(tmp_path):
     for s in ("SARimages/a\x00.png", "SAR\x00images/a.png"):
         with pytest.raises(SarlangError, match="NUL"): F.safe_image_path(s, tmp_path)
+
+
+def test_convert_predictions_writes_only_vqa_rows(tmp_path, cli):
+    "sarlang-convert predictions: caption rows and failed rows never reach VQA_result.csv (the authors' script scores every row)."
+    rows = [dict(prompt="<image>Describe the content of this image in one sentence.", predict="a ship", label="a ship at sea", image="SARimages/1.png"),
+            dict(prompt="<image>Question: Is there a ship?. Answer the question concisely.", predict="yes", label="Yes", image="SARimages/1.png", question="Is there a ship?"),
+            dict(prompt="<image>Question: How many cars?. Answer the question concisely.", predict="", label="3", image="SARimages/2.png", question="How many cars?", error="image not found"),
+            dict(prompt="<image>Describe it.", predict="x", label="y", image="SARimages/3.png", kind="caption")]
+    (tmp_path/"p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = cli("sarlang-convert", "predictions", tmp_path/"p.jsonl", tmp_path/"VQA_result.csv")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/"VQA_result.csv").read_text().splitlines() == ["SARimages/1.png,yes,Is there a ship?,Yes"]
