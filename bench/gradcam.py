@@ -6,7 +6,8 @@ language-model layer of Qwen2-VL-7B's width (to scale the activation memory to a
 
 Two memory figures per call: "saved" is what autograd keeps for the backward passes at the end of the forward (the sum
 of the distinct storages its saved-tensor hook sees; layers under checkpointing save only their inputs, which the
-checkpoint keeps outside that hook, so they read as ~0), the part that grows with the model, sequence and batch;
+checkpoint keeps outside that hook, so they read as ~0; the model's weights, which autograd also holds, are left out),
+the part that grows with the model, sequence and batch;
 "peak" is the process's peak resident memory during the call above what it held before (sampled every 2 ms; noise for
 the tiny models, whose activations fit in memory the allocator already holds; on CUDA: torch.cuda.max_memory_allocated
 above the memory allocated before). Prints figures; asserts nothing.
@@ -47,11 +48,14 @@ def images(n, size, seed=0):
     return [Image.fromarray((rng.gamma(1.0, 60, (size, size))).clip(0, 255).astype(np.uint8)).convert("RGB") for _ in range(n)]
 
 
-def saved_bytes(fn):
-    "Run `fn()`; the bytes of the distinct storages autograd saved for backward during it."
+def saved_bytes(fn, model):
+    "Run `fn()`; the bytes of the distinct storages autograd saved for backward during it, the model's own weights left out."
+    own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     seen = {}
     def pack(t):
-        try: st = t.untyped_storage(); seen[st.data_ptr()] = st.nbytes()
+        try:
+            st = t.untyped_storage()
+            if st.data_ptr() not in own: seen[st.data_ptr()] = st.nbytes()
         except Exception: pass
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
@@ -67,7 +71,7 @@ def measure(ad, ims, reps=3, answer=ANSWER, warm=True, **kw):
             t = time.perf_counter(); r = word_maps(ad, ims, answers=[answer]*len(ims), **kw); ts.append(time.perf_counter() - t)
         peak = max(peak, p.bytes); nw = sum(len(m["words"]) for m in r)
     bs = kw.get("batch_size", 4)
-    saved = saved_bytes(lambda: word_maps(ad, ims[:bs], answers=[answer]*min(bs, len(ims)), **kw))
+    saved = saved_bytes(lambda: word_maps(ad, ims[:bs], answers=[answer]*min(bs, len(ims)), **kw), ad.model)
     return float(np.median(ts))/nw, peak, nw, saved
 
 
@@ -118,7 +122,8 @@ if __name__ == "__main__":
     p.add_argument("--device", default="cpu"); p.add_argument("--images", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     p.add_argument("--wide", action="store_true", help="also the 7B-width 2-layer LM (~3 GB of CPU memory)")
+    p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    tiny(a.device, a.images)
+    if not a.no_tiny: tiny(a.device, a.images)
     if a.wide: wide(a.device)

@@ -221,6 +221,8 @@ def test_stage_tables_metrics_figures(tmp_path):
     md = (rd.tables/"gradcam_pointing.md").read_text()
     assert "synthetic world" in md and "15 px" in md and md.count("| qwen2-vl |") == 2
     assert (rd.tables/"gradcam_pointing.csv").read_text().splitlines()[0].startswith("model,mode,method")
+    cats = (rd.tables/"gradcam_pointing_categories.csv").read_text().splitlines()
+    assert len(cats) == 1 + 6*2 and cats[0].startswith("model,mode,method,category,n,hit")
     assert len(s["faithfulness"]) == 4 and all(f["n_maps"] > 0 for f in s["faithfulness"])
     m = json.loads((rd.metrics/"gradcam.json").read_text())
     assert m["data"] == "synthetic world" and m["n_images"] == 3 and set(m["per_category"]["blip/lora/crossattn"]) == {"ship", "harbor"}
