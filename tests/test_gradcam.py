@@ -228,6 +228,12 @@ def test_stage_tables_metrics_figures(tmp_path):
     assert m["data"] == "synthetic world" and m["n_images"] == 3 and set(m["per_category"]["blip/lora/crossattn"]) == {"ship", "harbor"}
     assert sorted(p.name for p in rd.figures.glob("gradcam_*.png")) == ["gradcam_blip_1.png", "gradcam_qwen2-vl_1.png"]
     assert rd.stage_complete("13_gradcam")
+    g = run_stage(rd, n_images=2, answers="generated", n_figure=0, n_random=0, max_new_tokens=6)   # the models' own answers
+    assert g["answers"] == "generated" and len(g["results"]) == 6 and g["faithfulness"] == []
+    for r in g["results"]:     # only words naming a category present count: a random tiny model may name none
+        assert r["n_words"] >= 0 and (r["pointing_acc"] is None) == (r["n_words"] == 0)
+    with pytest.raises(Exception, match="answers must be"): run_stage(rd, answers="mine")
+    with pytest.raises(Exception, match="n_images must be a positive integer"): run_stage(rd, n_images=0)
 
 
 def test_stage_without_boxes_says_not_computed(tmp_path):
