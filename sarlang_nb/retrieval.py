@@ -725,8 +725,10 @@ def clip_loss(image_embeds, text_embeds, # (B, d) L2-normalised embeddings of ma
     "OpenCLIP's symmetric InfoNCE loss; under torch.distributed, over the gathered global batch."
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-        image_embeds, text_embeds = torch.cat(all_gather(image_embeds)), torch.cat(all_gather(text_embeds))
+        from torch.distributed.nn.functional import all_gather      # with gradients (its successor is still private API)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*", category=FutureWarning)
+            image_embeds, text_embeds = torch.cat(all_gather(image_embeds)), torch.cat(all_gather(text_embeds))
     logits = logit_scale.exp()*image_embeds @ text_embeds.t()
     labels = torch.arange(len(logits), device=logits.device)
     return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))/2
@@ -852,7 +854,8 @@ def finetune_clip(train_files,               # caption files to train on (releas
         adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, dataloader_drop_last=len(pairs) >= bs,
         logging_steps=logging_steps, save_steps=save_steps or max(1, total//2), save_total_limit=2, seed=seed, data_seed=seed,
         remove_unused_columns=False, report_to=[], dataloader_num_workers=0, use_cpu=not device.startswith("cuda"),
-        disable_tqdm=os.environ.get("SARLANG_PROGRESS") == "0", bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported())
+        disable_tqdm=os.environ.get("SARLANG_PROGRESS") == "0", bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not device.startswith("cuda") else None)
     tr = ClipTrainer(model=model, args=args, train_dataset=PairDataset(pairs), data_collator=PairCollator(b), callbacks=[ClampLogitScale()])
     t0 = time.time()
     with warnings.catch_warnings(), cpu_threads(threads, device):
@@ -908,7 +911,7 @@ def _table(rows, prov):
     md.append("")
     md.append(f"Retrieval recall (percent) on {prov['n_images']} test images and {prov['n_texts']} captions; data: {prov['data']}; "
               f"captions: {prov['captions']}; protocol: {prov['protocol']} (image->text hits when any caption of the image is in the top k); "
-              f"ties ranked {_TIE_WORDS[prov['ties']]}; base model: {prov['base']}.")
+              f"ties ranked {_TIE_WORDS[prov['ties']]}; base model: {prov['base']}." + (f" {prov['skipped']}." if prov.get("skipped") else ""))
     import io; buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", *_ROWS, "n_images", "n_texts", "protocol", "ties", "data", "captions"])
     for r in rows: w.writerow([r["model"], *[f"{r[c]:.4f}" for c in _ROWS], prov["n_images"], prov["n_texts"], prov["protocol"], prov["ties"], prov["data"], prov["captions"]])
@@ -1012,7 +1015,9 @@ def run_stage(rd,                         # the run (`core.RunDir`)
     info = finetune_clip(train, out, clip_path, tokenizer_path, recipe, seed, device, root, hidden_act=hidden_act, **hp)
     ft = evaluate_retrieval(load_clip(out/"model", device=device), test, root, protocol, ties)
     prov = dict(data=rd.provenance, captions=cap_desc, protocol=protocol, ties=ties, n_images=zs["n_images"], n_texts=zs["n_texts"],
-                base=info["base_source"])
+                base=info["base_source"],
+                skipped=None if nrep is None else f"Narration: {nrep['narrated']} of {nrep['images']} images narrated ({nrep['failed']} failed), "
+                        f"{nrep['qc']['actions'].get('dropped', 0)} captions dropped by QC and {nrep['fact_check']['dropped']} by the fact check")
     rows = [dict(zs, model="zero-shot"), dict(ft, model=f"fine-tuned ({info['hyperparameters']['mode']}, {info['steps']} steps)")]
     md, cs = _table(rows, prov)
     f_md, f_cs = atomic_write(rd.tables/f"{TABLE}.md", md), atomic_write(rd.tables/f"{TABLE}.csv", cs)

@@ -362,3 +362,33 @@ def test_stage_paper_profile_narrates_a_detection_folder(world, tmp_path):
     assert res["narration"]["failed"] == 0 and res["provenance"]["captions"].endswith("from detection boxes")   # no masks here
     recs = formats.read_captions(rd.path/"Text"/"narration"/"Caption_test1.csv", root=world/"detection")
     assert recs and all(r["image"].startswith("JPEGImages/test/") and (world/"detection"/r["image"]).is_file() for r in recs)
+
+# ---------------------------------------------------------------- distributed loss
+
+def _ddp_worker(rank, world, port, emb_i, emb_t, q):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    n = len(emb_i)//world
+    i = emb_i[rank*n:(rank + 1)*n].clone().requires_grad_(True); t = emb_t[rank*n:(rank + 1)*n].clone().requires_grad_(True)
+    loss = R.clip_loss(i, t, torch.tensor(math.log(1/0.07)))
+    loss.backward()
+    q.put((rank, float(loss.detach()), i.grad.numpy().copy(), t.grad.numpy().copy()))   # numpy: no shared-memory handles outliving the worker
+    dist.destroy_process_group()
+
+def test_clip_loss_gathers_the_global_batch_under_ddp():
+    import socket, torch.multiprocessing as mp
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    torch.manual_seed(0)
+    I, T = F.normalize(torch.randn(8, 16), dim=-1), F.normalize(torch.randn(8, 16), dim=-1)
+    ctx = mp.get_context("spawn"); q = ctx.Queue()
+    ps = [ctx.Process(target=_ddp_worker, args=(r, 2, port, I, T, q)) for r in range(2)]
+    for p in ps: p.start()
+    got = sorted(q.get(timeout=120) for _ in ps)
+    for p in ps: p.join(30)
+    i, t = I.clone().requires_grad_(True), T.clone().requires_grad_(True)
+    full = R.clip_loss(i, t, torch.tensor(math.log(1/0.07))); full.backward()
+    for rank, loss, gi, gt in got:                        # every process sees the loss of the whole batch of 8
+        assert loss == pytest.approx(float(full.detach()), rel=1e-5)
+        # all_gather's backward sums the copies of both processes: 2x the local share, which DDP's gradient average halves
+        torch.testing.assert_close(torch.from_numpy(gi), 2*i.grad[rank*4:(rank + 1)*4]); torch.testing.assert_close(torch.from_numpy(gt), 2*t.grad[rank*4:(rank + 1)*4])
