@@ -262,7 +262,8 @@ def structured_description(facts:dict): # `box_facts` output with an optional "l
     cl, lc = facts["classes"], facts.get("landcover")
     out = []
     if lc:
-        s = f"This SAR image is mostly {lc_name(lc['dominant'])} ({_pct(lc['fractions'][lc['dominant']])}%)"
+        dom, fd = lc_name(lc["dominant"]), lc["fractions"][lc["dominant"]]
+        s = f"This SAR image is mostly {dom} ({_pct(fd)}%)" if fd >= 0.5 else f"The largest land cover of this SAR image is {dom} ({_pct(fd)}%)"
         rest = [f"{lc_name(n)} ({_pct(lc['fractions'][n])}%)" for n in lc["named"][1:]]
         out.append(s + (", with " + _join(rest) if rest else "") + ".")
     out.append(f"It shows {_objects(cl) if cl else 'no targets'}.")
@@ -283,13 +284,13 @@ def template_rewrite(facts:dict,    # as for `structured_description`
     if lc:
         dom = f"{lc_name(lc['dominant'])} ({_pct(lc['fractions'][lc['dominant']])}%)"
         rest = [f"{lc_name(n)} ({_pct(lc['fractions'][n])}%)" for n in lc["named"][1:]]
-        lcs = (dom, rest)
+        lcs, major = (dom, rest), lc["fractions"][lc["dominant"]] >= 0.5
     if zlib.crc32(str(image_id).encode()) % 2 == 0 or not lcs:
         verb = "appear" if facts["total"] != 1 else "appears"
         s = f"{_cap(objs)} {verb} in this SAR scene" + (", " + _join(where) if where else "") + "."
-        if lcs: s += f" {_cap(lcs[0])} covers most of the scene" + (", with " + _join(lcs[1]) if lcs[1] else "") + "."
+        if lcs: s += f" {_cap(lcs[0])} covers {'most' if major else 'the largest part'} of the scene" + (", with " + _join(lcs[1]) if lcs[1] else "") + "."
         return s
-    s = f"{_cap(lcs[0])} dominates this SAR scene" + (", alongside " + _join(lcs[1]) if lcs[1] else "") + "."
+    s = f"{_cap(lcs[0])} {'dominates' if major else 'is the largest land cover of'} this SAR scene" + (", alongside " + _join(lcs[1]) if lcs[1] else "") + "."
     return s + f" It contains {objs}" + ("; " + _join(where) if where else "") + "."
 
 # %% ../nbs/14_retrieval.ipynb #65dbf3f9
@@ -342,9 +343,15 @@ def check_caption(text:str,              # a caption
             if n is None: errs.append(f"states {m.group(1)} ({m.group(2)}%), the mask has none")
             elif int(m.group(2)) != _pct(lc["fractions"][n]): errs.append(f"states {m.group(1)} {m.group(2)}%, the mask has {_pct(lc['fractions'][n])}%")
         if len(re.findall(r"\d+\s*%", t)) > len(pm): errs.append("states a percentage not attached to a land-cover class")
-        for m in list(re.finditer(rf"\bmostly\s+({_alt(allnames)})\b", t)) + list(re.finditer(rf"\b({_alt(allnames)})\s*\(\d+\s*%\)\s*(?:covers most|dominates)", t)) + \
-                 list(re.finditer(rf"\bsar (?:image|scene) of\s+({_alt(allnames)})\b", t)):
+        major = list(re.finditer(rf"\bmostly\s+({_alt(allnames)})\b", t)) + list(re.finditer(rf"\b({_alt(allnames)})\s*\(\d+\s*%\)\s*(?:covers most|dominates)", t))
+        largest = list(re.finditer(rf"\blargest land cover of this sar (?:image|scene) is\s+({_alt(allnames)})\b", t)) + \
+                  list(re.finditer(rf"\b({_alt(allnames)})\s*\(\d+\s*%\)\s*(?:covers the largest part|is the largest land cover)", t)) + \
+                  list(re.finditer(rf"\bsar (?:image|scene) of\s+({_alt(allnames)})\b", t))
+        for m in major + largest:
             if allnames[m.group(1)] != lc["dominant"]: errs.append(f"makes {m.group(1)} the dominant land cover, it is {lc_name(lc['dominant'])}")
+        for m in major:
+            n = allnames[m.group(1)]
+            if n in lc["fractions"] and lc["fractions"][n] < 0.5: errs.append(f"says {m.group(1)} covers most of the image, it covers {_pct(lc['fractions'][n])}%")
     elif re.search(r"\d+\s*%", t): errs.append("states a land-cover percentage, but no land-cover mask is known")
     return errs
 
