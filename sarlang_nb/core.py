@@ -122,7 +122,7 @@ def progress(it:Iterable,             # the iterable to loop over
 # %% ../nbs/00_core.ipynb #3cf7dbe0
 PROFILES = {
     "smoke": dict(n_scenes=120, scene_size=256, enl=1.0, seed=0, device="cpu", data_root=None,
-                  model_paths={}, models=["qwen2-vl"], judge="rules", captioner="offline",
+                  model_paths={}, models=["qwen2-vl", "qwen2.5-vl", "llava-1.5", "blip"], judge="rules", captioner="offline",
                   max_train_steps=None, workflow="rebuild",
                   description="synthetic world, tiny models, CPU, no downloads"),
     "paper": dict(n_scenes=None, scene_size=None, enl=1.0, seed=0, device="cuda", data_root=None,

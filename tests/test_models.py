@@ -110,7 +110,7 @@ def _as_if_ran(rd, *stages):
 
 def test_stage_functions_smoke_claim(tmp_path):
     "The stage path on a run with (demo) data: fine-tune, predict zero-shot and lora, metrics files, lora beats zero-shot."
-    rd = open_run(tmp_path/"run", "smoke")
+    rd = open_run(tmp_path/"run", "smoke", models=["qwen2-vl"])
     demo_dataset(rd.path, 120, seed=0)
     _as_if_ran(rd, "02_preprocess", "07_splits", "09_models")
     infos, origin = finetune_run(rd, max_steps=120)
@@ -177,7 +177,8 @@ def test_real_sar_images_through_adapter():
 def test_stage_inference_resumes_after_a_kill(tmp_path, monkeypatch):
     "infer_run killed halfway: the re-run keeps the rows written; a killed run of another request is not taken for this one."
     import sarlang_nb.inference as inf
-    rd = open_run(tmp_path/"run", "smoke")
+    rd = open_run(tmp_path/"run", "smoke", models=["qwen2-vl"])
+    demo_dataset(rd.path, 20, seed=0); _as_if_ran(rd, "02_preprocess", "07_splits", "09_models")
     finetune_run(rd, max_steps=2, max_samples=8)
     real = inf.predict
     def killed(ad, ex, out, *a, **k):                 # writes the first 3 rows, then the process "dies"
@@ -201,7 +202,8 @@ def test_stage_inference_resumes_after_a_kill(tmp_path, monkeypatch):
 def test_stage_finetune_keeps_checkpoints_after_a_kill(tmp_path, monkeypatch):
     "finetune_run killed after a checkpoint: the re-run continues from it instead of deleting it."
     import sarlang_nb.finetune as ft
-    rd = open_run(tmp_path/"run", "smoke")
+    rd = open_run(tmp_path/"run", "smoke", models=["qwen2-vl"])
+    demo_dataset(rd.path, 20, seed=0); _as_if_ran(rd, "02_preprocess", "07_splits", "09_models")
     seen = []
     def killed(name, files, dest, *a, **k):
         (Path(dest)/"checkpoints"/"checkpoint-100").mkdir(parents=True); raise KeyboardInterrupt
@@ -354,7 +356,7 @@ def test_cli_finetune_fresh_run_clears_checkpoints_and_resume_checks_them(demo, 
 def test_stage_redoes_work_after_data_change(tmp_path):
     "The run's Text/ files regenerated with other content under the same paths: the adapter is retrained, predictions redone."
     from sarlang_nb.core import sha256_file
-    rd = open_run(tmp_path/"run", "smoke")
+    rd = open_run(tmp_path/"run", "smoke", models=["qwen2-vl"])
     demo_dataset(rd.path, 8, seed=0)
     _as_if_ran(rd, "02_preprocess", "07_splits", "09_models")
     info, _ = finetune_run(rd, max_steps=1, max_samples=2)
