@@ -6,7 +6,7 @@ Docs: https://sarlang.github.io/sarlang-nb/vqa.html.md"""
 
 # %% ../nbs/05_vqa.ipynb #0c9677ed
 from __future__ import annotations
-import json, math, random, argparse, sys, time, itertools, zlib
+import json, math, random, argparse, re, sys, time, itertools, zlib
 from pathlib import Path
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -66,6 +66,9 @@ def load_coco(path) -> tuple[list, list]: # a COCO detection json file
             raise SarlangError(f"image needs 'id', 'file_name', 'width' and 'height' ({type(e).__name__}: {e})", path, f"images[{i}]") from None
         if di.width <= 0 or di.height <= 0: raise SarlangError(f"image size must be positive, got {di.width}x{di.height}", path, f"images[{i}]")
         if di.id in imgs: raise SarlangError(f"duplicate image id {di.id}", path, f"images[{i}]")
+        fn = di.file_name.replace("\\", "/")
+        if fn.startswith("/") or re.match(r"^[A-Za-z]:", fn) or ".." in fn.split("/") or "\0" in fn:
+            raise SarlangError(f"file_name {di.file_name!r} leaves the dataset (absolute, or '..'): give a path relative to the image folder", path, f"images[{i}]")
         imgs[di.id] = di
     for i, a in enumerate(d["annotations"]):
         try:
@@ -78,6 +81,9 @@ def load_coco(path) -> tuple[list, list]: # a COCO detection json file
         im, name = imgs[iid], cats[cid]
         if not all(map(math.isfinite, (x, y, w, h))): raise SarlangError(f"bbox has a non-finite value {a['bbox']}", path, f"annotations[{i}]")
         if w < 0 or h < 0: raise SarlangError(f"bbox has negative size {a['bbox']}", path, f"annotations[{i}]")
+        tol = 0.05*max(im.width, im.height)               # boxes may overhang a little (annotation tools clip loosely)
+        if x < -tol or y < -tol or x + w > im.width + tol or y + h > im.height + tol:
+            raise SarlangError(f"bbox {a['bbox']} lies outside its {im.width}x{im.height} image {im.file_name!r}", path, f"annotations[{i}]")
         im.boxes.append((name, x, y, w, h))
     names = list(dict.fromkeys(cats.values()))
     del d

@@ -188,3 +188,16 @@ def test_guessed_application_agrees_with_the_generator(real, prefix):
     assert len({r["qtype"] for r in recs}) >= 8 and not wrong, wrong[:5]
     wrong = [r["question"] for r in recs if guess_application(r["question"]) != r["application"]]   # without the answer
     assert not wrong, wrong[:5]
+
+
+def test_coco_paths_that_leave_the_dataset_and_boxes_outside_the_image_are_refused(tmp_path):
+    from sarlang_nb.vqa import load_coco
+    base = {"categories": [{"id": 0, "name": "ship"}]}
+    for fn in ("../../etc/passwd", "/etc/passwd", "a/../../b.jpg", "C:/x.jpg"):
+        (tmp_path/"c.json").write_text(json.dumps({**base, "images": [{"id": 1, "file_name": fn, "width": 100, "height": 100}], "annotations": []}))
+        with pytest.raises(SarlangError, match=r"images\[0\]: file_name .* leaves the dataset"): load_coco(tmp_path/"c.json")
+    img = [{"id": 1, "file_name": "0000001.jpg", "width": 100, "height": 100}]
+    (tmp_path/"c.json").write_text(json.dumps({**base, "images": img, "annotations": [{"image_id": 1, "category_id": 0, "bbox": [500, 500, 10, 10]}]}))
+    with pytest.raises(SarlangError, match=r"annotations\[0\]: bbox .* lies outside its 100x100 image"): load_coco(tmp_path/"c.json")
+    (tmp_path/"c.json").write_text(json.dumps({**base, "images": img, "annotations": [{"image_id": 1, "category_id": 0, "bbox": [-2, 90, 12, 12]}]}))
+    assert load_coco(tmp_path/"c.json")[1][0].boxes == [("ship", -2.0, 90.0, 12.0, 12.0)]   # a small overhang is kept
