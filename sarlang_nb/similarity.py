@@ -16,10 +16,10 @@ from .core import SarlangError, atomic_write, progress, open_run, RunDir, open_t
 __all__ = ['VGG16_CFG', 'IMAGENET_MEAN', 'IMAGENET_STD', 'VGG16_LAYERS', 'PIXEL_STATS_LABEL', 'PAPER_TABLE3',
            'PAPER_TABLE3_DATASETS', 'NOT_TRANSCRIBED', 'TABLE3_COLUMNS', 'PAPER_FEATURES', 'REQUIRES', 'unit_rows',
            'SimilarityAccumulator', 'overall_similarity', 'pairwise_similarity', 'VGG16', 'find_vgg16_weights',
-           'load_vgg16', 'pixel_stats_features', 'PixelStatsExtractor', 'vgg16_preprocess', 'VGG16Extractor',
-           'image_extractor', 'random_vgg16', 'load_sentence_bert', 'SentenceBertExtractor', 'similarity_row',
-           'read_paper_table3', 'paper_rows', 'table3_markdown', 'write_table3', 'run_sar_images', 'run_rgb_images',
-           'read_caption_texts', 'run_captions', 'table3_for_run', 'read_texts', 'main', 'run_stage']
+           'load_vgg16', 'screen_images', 'pixel_stats_features', 'PixelStatsExtractor', 'vgg16_preprocess',
+           'VGG16Extractor', 'image_extractor', 'random_vgg16', 'load_sentence_bert', 'SentenceBertExtractor',
+           'similarity_row', 'read_paper_table3', 'paper_rows', 'table3_markdown', 'write_table3', 'run_sar_images',
+           'run_rgb_images', 'read_caption_texts', 'run_captions', 'table3_for_run', 'read_texts', 'main', 'run_stage']
 
 # %% ../nbs/08_similarity.ipynb #ebfafbfb
 def _as_batches(features,          # (N, d) array, or an iterable of (n_b, d) arrays
@@ -210,9 +210,25 @@ def _group(v):
     v = np.asarray(v, np.float64).ravel(); n = np.linalg.norm(v)
     return v / n if n > 0 else v
 
+def screen_images(paths): # image files
+    "`(readable, failed)`: the images whose header reads and whose size is within the limit, and `[(path, why)]` for the others."
+    from PIL import Image
+    from sarlang_nb.sario import check_image_size
+    ok, bad = [], []
+    for p in paths:
+        try:
+            check_image_size(p)
+            with Image.open(p) as im: im.verify()
+            ok.append(p)
+        except SarlangError as e: bad.append((p, e.msg))
+        except Exception as e: bad.append((p, f"not a readable image ({e})"))
+    return ok, bad
+
 def _open_rgb(path): # an image file
     "The image at `path` as an RGB PIL image; an unreadable file is a `SarlangError` naming it."
     from PIL import Image
+    from sarlang_nb.sario import check_image_size
+    check_image_size(path)                 # a decompression bomb is refused before it is decoded
     try:
         with Image.open(path) as im: img = im.convert("RGB"); img.load()
     except (OSError, ValueError) as e: raise SarlangError(f"not a readable image ({e})", path) from None
@@ -467,8 +483,11 @@ def table3_for_run(rd,                       # a RunDir
     rd = RunDir(rd) if not isinstance(rd, RunDir) else rd
     image_ext = image_ext or image_extractor()
     name = f"this run (data: {rd.provenance})"
-    rows = [similarity_row(name, "SAR images", "image", image_ext, run_sar_images(rd), ddof, "SAR images"),
-            similarity_row(name, "paired RGB images", "image", image_ext, run_rgb_images(rd), ddof, "RGB images")]
+    rows = []
+    for coll, paths in (("SAR images", run_sar_images(rd)), ("paired RGB images", run_rgb_images(rd))):
+        ok, bad = screen_images(paths)     # one unreadable image is reported, not the end of the table
+        for p, why in bad[:5]: print(f"table 3: skipped {p}: {why}", file=sys.stderr)
+        rows.append(similarity_row(name, coll + (f" ({len(bad)} unreadable, skipped)" if bad else ""), "image", image_ext, ok, ddof, coll))
     caps = run_captions(rd)
     if caps:
         text_ext = text_ext or SentenceBertExtractor()
@@ -549,8 +568,10 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
         check_device(a.device)
         if a.cmd == "images":
             from sarlang_nb.sario import find_images
-            paths = find_images(*a.sources)
+            paths, bad = screen_images(find_images(*a.sources))
+            for p, why in bad: print(f"sarlang-similarity: skipped {p}: {why}", file=sys.stderr)
             out = _stats(image_extractor(a.vgg16_weights, a.layer, a.device), paths, a.ddof, a.check)
+            if bad: out.update(skipped=len(bad), skipped_files=[str(p) for p, _ in bad[:50]])
         elif a.cmd == "texts":
             out = _stats(SentenceBertExtractor(a.model, device=a.device), read_texts(a.file, a.column), a.ddof, a.check)
         else:
@@ -565,7 +586,7 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
     except SarlangError as e:
         print(f"sarlang-similarity: error: {e}", file=sys.stderr); return 1
     print(json.dumps(out, indent=1))
-    return 0
+    return 3 if out.get("skipped") else 0   # a partial result: the unreadable images are named above
 
 # %% ../nbs/08_similarity.ipynb #b71db157
 REQUIRES = ("07_splits",)   # the run's captions in the release layout (and, smoke, the world's images)

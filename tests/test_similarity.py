@@ -199,3 +199,16 @@ def test_sample_variance_skips_collections_of_two(tmp_path):
     _images(rd.rgb_images, 2, rgb=True)
     rows = S.table3_for_run(rd, S.image_extractor(), ddof=1, paper=False)
     assert [r["collection"] for r in rows] == ["SAR images"]
+
+
+def test_one_bad_image_is_reported_not_the_end_of_the_folder(tmp_path, cli):
+    "sarlang-similarity images: an unreadable file and a decompression bomb are named and skipped (exit 3, partial)."
+    import numpy as np
+    from PIL import Image
+    for i in range(4): Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16), np.uint8)).save(tmp_path/f"{i}.png")
+    (tmp_path/"broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("L", (300, 300)).save(tmp_path/"huge.png")
+    r = cli("sarlang-similarity", "images", tmp_path, env={"SARLANG_MAX_PIXELS": "50000"})
+    assert r.returncode == 3, r.stderr
+    assert "skipped" in r.stderr and "broken.png" in r.stderr and "huge.png" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(r.stdout)["n"] == 4 and json.loads(r.stdout)["skipped"] == 2
