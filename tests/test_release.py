@@ -28,6 +28,13 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def clip_weights(tmp_path_factory):
+    "A tiny CLIP in a Hugging Face folder, the retrieval stage's --param clip_path."
+    from sarlang_nb.retrieval import load_clip
+    return load_clip(None).save(tmp_path_factory.mktemp("clip")/"tiny-clip")
+
+
+@pytest.fixture(scope="module")
 def cli():
     from conftest import run_cli
     return run_cli
@@ -50,14 +57,14 @@ def test_fixture_has_the_release_shape(release):
 
 
 @pytest.fixture(scope="module")
-def paper_run(release, weights, tmp_path_factory, cli):
+def paper_run(release, weights, clip_weights, tmp_path_factory, cli):
     "`sarlang-reproduce --profile paper` on the release, every stage, no --stages; a local server as the GPT judge."
     from sarlang_nb.llm import ChatTestServer
     run = tmp_path_factory.mktemp("paper")/"run"
     with ChatTestServer(reply=lambda req: "1") as srv:
         r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", run,
                 "--model-path", f"qwen2-vl={weights}", "--param", "device=cpu", "--param", "max_train_steps=2",
-                "--param", "max_new_tokens=8", "--param", f"base_url={srv.base_url}",
+                "--param", "max_new_tokens=8", "--param", f"base_url={srv.base_url}", "--param", f"clip_path={clip_weights}",
                 env={"OPENAI_API_KEY": "sk-local-test-not-a-real-key"}, timeout=1500)
     return run, r
 
