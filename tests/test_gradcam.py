@@ -291,7 +291,8 @@ def test_cli_bad_input(tmp_path, capsys):
     assert main(["--images", str(tmp_path/"a.png"), "--batch-size", "two"]) == 2
     rc = main(["--images", str(tmp_path/"a.png"), str(tmp_path/"bad.png"), "--out", str(tmp_path/"o"), "--model", "blip",
                "--answer", "a ship", "--method", "crossattn"])
-    assert rc == 3 and "bad.png: cannot read image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 3 and "sarlang-gradcam: error:" in err and "bad.png" in err and "a.png" not in err.replace("bad.png", "")
     j = json.loads((tmp_path/"o"/"maps.json").read_text())
     assert j["items"][0]["words"] == ["a", "ship"] and j["items"][0]["grid_shape"] == [2, 8, 8] and len(j["failed"]) == 1
     assert np.load(tmp_path/"o"/"maps.npz")["map_0"].shape == (2, 8, 8) and len(list((tmp_path/"o").glob("*.png"))) == 1
