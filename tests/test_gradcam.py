@@ -226,7 +226,7 @@ def test_stage_tables_metrics_figures(tmp_path):
     assert len(s["faithfulness"]) == 4 and all(f["n_maps"] > 0 for f in s["faithfulness"])
     m = json.loads((rd.metrics/"gradcam.json").read_text())
     assert m["data"] == "synthetic world" and m["n_images"] == 3 and set(m["per_category"]["blip/lora/crossattn"]) == {"ship", "harbor"}
-    assert sorted(p.name for p in rd.figures.glob("gradcam_*.png")) == ["gradcam_blip_1.png", "gradcam_qwen2-vl_1.png"]
+    assert sorted(p.name for p in rd.figures.glob("fig9_gradcam_*.png")) == ["fig9_gradcam_blip_1.png", "fig9_gradcam_qwen2-vl_1.png"]
     assert rd.stage_complete("13_gradcam")
     g = run_stage(rd, n_images=2, answers="generated", n_figure=0, n_random=0, max_new_tokens=6)   # the models' own answers
     assert g["answers"] == "generated" and len(g["results"]) == 6 and g["faithfulness"] == []
@@ -268,7 +268,7 @@ def test_stage_paper_profile_with_sardet_boxes_under_data_root(tmp_path):
     assert s["computed"] and s["data"] == "release" and s["n_images"] == 1
     assert [(r["mode"], r["n_words"]) for r in s["results"]] == [("zero-shot", 1), ("lora", 1)]
     assert s["results"][0]["energy_chance"] == pytest.approx(800/(160*96))             # box-area share of the whole image
-    assert (rd.figures/"gradcam_llava-1.5_1.png").exists()
+    assert (rd.figures/"fig9_gradcam_llava-1.5_1.png").exists()
 
 
 def test_stage_paper_profile_names_the_missing_stage(tmp_path):
