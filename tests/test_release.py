@@ -146,3 +146,20 @@ def test_config_values_for_a_subset_of_stages(release, tmp_path, cli):
     r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", run, "--param", "device=cpu", "--stages", "05")
     assert r.returncode == 0, r.stderr
     assert RunDir(run).config["device"] == "cpu" and "stage 00_core not selected" in r.stdout
+
+
+def test_the_originals_are_preprocessed_when_asked(release, tmp_path, cli):
+    "images=tif: stage 02 preprocesses the release's .tif originals into the run, where later stages find them first."
+    run = tmp_path/"run"
+    r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", run, "--param", "device=cpu",
+            "--param", "images=tif", "--stages", "00,02")
+    assert r.returncode == 0, r.stderr
+    m = RunDir(run).manifest("02_preprocess")
+    tifs = sorted(p.stem for p in (release/"SARimages").glob("*.tif"))
+    assert m["images"] == "tif" and m["data"] == "release" and sorted(Path(o).stem for o in m["outputs"]) == tifs
+    from sarlang_nb.finetune import load_examples
+    f = run/"Text"/"caption"/"Caption-training.csv"; shutil.copyfile(release/"Text"/"caption"/"Caption-training.csv", f)   # as stage 07 writes it
+    ex = load_examples([f], True, None, [release])             # the run's images come before the release's own
+    assert all(Path(e["image"]).is_relative_to(run) for e in ex if Path(e["image"]).stem in tifs)
+    r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", tmp_path/"r2", "--param", "images=jpeg", "--stages", "00,02")
+    assert r.returncode == 1 and "images must be 'png'" in r.stderr
