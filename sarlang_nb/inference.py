@@ -136,16 +136,22 @@ def ablation_run(rd,                      # a `core.RunDir`
     cfg = rd.config
     d = ABLATION_DEFAULTS["paper" if cfg.get("profile") == "paper" else "smoke"]
     names, skipped = rd.models_to_run()
+    asked = models is not None or pattern is not None     # asked for explicitly: then nothing to compare is an error
     models = models or d.get("models") or names[:1]
     modes = modes or d["modes"]
+    for name in [m for m in models if m not in names]: print(f"ablation: skipped {name}: {skipped.get(name, 'not a model of this run')}")
+    models = [m for m in models if m in names]
+    if not models: return {}
     files, _ = run_files(rd, "test")
     roots = [rd.path] + ([Path(cfg["data_root"])] if cfg.get("data_root") else [])
     ex = load_examples(files, True, max_samples, roots)
     keep = [(e, r) for e in ex if (pattern is None or re.search(pattern, Path(e["image_rel"]).name)) and (r := raw_image(rd, e["image_rel"]))]
-    if not keep: raise SarlangError(f"no test image has a raw original (pattern {pattern!r}; see the notebook for what 'raw' means)", rd.path)
+    if not keep:
+        msg = f"no test image has a raw original (pattern {pattern!r}; see the notebook for what 'raw' means)"
+        if asked: raise SarlangError(msg, rd.path)
+        print(f"ablation: not run: {msg}"); return {}
     shas, out = [sha256_file(f) for f in files], {}
     for name in models:
-        if name not in names: print(f"ablation: skipped {name}: {skipped.get(name, 'not a model of this run')}"); continue
         base = rd.model_path(name) or rd.models(name)/"base"
         for mode in modes:
             sides = [("raw", [{**e, "image": str(r)} for e, r in keep])]

@@ -66,6 +66,7 @@ def test_failing_stage_names_notebook_and_cell(tmp_path):
 def test_bad_arguments_are_clear(tmp_path):
     r = run_cli("sarlang-reproduce", "--run-dir", tmp_path/"r", "--profile", "paper")
     assert r.returncode == 1 and "--data-root" in r.stderr
+    (tmp_path/"SARimages").mkdir(); (tmp_path/"Text").mkdir()                      # a release's folders
     r = run_cli("sarlang-reproduce", "--run-dir", tmp_path/"r", "--profile", "paper", "--data-root", tmp_path, "--model-path", "blip=/no/such")
     assert r.returncode == 1 and "--model-path blip=/no/such" in r.stderr
     r = run_cli("sarlang-reproduce", "--stages", "nope")

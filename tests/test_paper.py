@@ -54,7 +54,7 @@ def test_loader_is_light():
 
 def test_package_data_declared_for_the_wheel():
     text = (ROOT/"pyproject.toml").read_text()
-    assert '"sarlang_nb" = ["paper_data/*.csv", "paper_data/README.md"]' in text
+    assert '"sarlang_nb" = ["paper_data/*.csv", "paper_data/README.md"' in text
 
 
 # --- the stage on a made-up run ---------------------------------------------------------------------------------------

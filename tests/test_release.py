@@ -13,7 +13,7 @@ os.environ["SARLANG_PROGRESS"] = "0"
 def release(tmp_path_factory, cli):
     "A release-shaped data root, made by the console command users run to see the expected shape."
     root = tmp_path_factory.mktemp("rel")/"SARLANG-1M"
-    r = cli("sarlang-synth", "--release-layout", "--out", root, "--n-scenes", "16", "--size", "128")
+    r = cli("sarlang-synth", "--release-layout", "--out", root, "--n-scenes", "24", "--size", "128")
     assert r.returncode == 0, r.stderr
     return root
 
@@ -51,8 +51,8 @@ def test_fixture_has_the_release_shape(release):
         assert (release/"Text/caption"/f"{f}.csv").exists() and (release/"Text/caption"/f"{f}.json").exists()
     for sp in ("train", "test"):
         for s in ("SARVQA1", "SARVQA2"):
-            rec = json.loads((release/"Text/VQA"/sp/f"{s}_{sp}.json").read_text())[0]
-            assert set(rec) == {"messages", "images"}                    # no provenance keys the release does not have
+            recs = json.loads((release/"Text/VQA"/sp/f"{s}_{sp}.json").read_text())
+            assert all(set(rec) == {"messages", "images"} for rec in recs)   # no provenance keys the release does not have
             assert (release/"Text/VQA"/sp/f"{s}_{sp}.csv").exists()
 
 
@@ -65,6 +65,7 @@ def paper_run(release, weights, clip_weights, tmp_path_factory, cli):
         r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", run,
                 "--model-path", f"qwen2-vl={weights}", "--param", "device=cpu", "--param", "max_train_steps=2",
                 "--param", "max_new_tokens=8", "--param", f"base_url={srv.base_url}", "--param", f"clip_path={clip_weights}",
+                "--param", 'ablation_models=["qwen2-vl"]',
                 env={"OPENAI_API_KEY": "sk-local-test-not-a-real-key"}, timeout=1500)
     return run, r
 
@@ -85,6 +86,8 @@ def test_paper_profile_runs_every_stage_on_the_release(paper_run):
     assert rd.manifest("05_vqa")["workflow"] == "release" and not (rd.path/"Text"/"records").exists()   # nothing generated
     assert "data: release" in (rd.tables/"table6_splits.md").read_text()
     assert "this run (data: release)" in (rd.tables/"table3_similarity.md").read_text()
+    abl = read_json(rd.predictions("qwen2-vl", "zero-shot-raw")/"ablation.json")     # Tables 10-11 on the release's originals
+    assert abl["data"] == "release" and abl["examples"] > 0 and ".tif" in abl["images"]
 
 
 def test_models_without_weights_are_skipped_and_named(paper_run):
@@ -105,9 +108,18 @@ def test_the_release_split_is_kept(paper_run, release):
 def test_nothing_toy_or_synthetic_in_the_run(paper_run):
     run, _ = paper_run
     hits = []
+    def text_of(p):   # a notebook's sources and text outputs (its PNGs are base64, where "/toy" can occur by chance)
+        if p.suffix != ".ipynb": return p.read_text(errors="replace")
+        nb = json.loads(p.read_text())
+        parts = ["".join(c["source"]) for c in nb["cells"]]
+        for c in nb["cells"]:
+            for o in c.get("outputs", []):
+                parts.append("".join(o.get("text", "")))
+                parts += ["".join(v) for k, v in o.get("data", {}).items() if k.startswith("text/")]
+        return "\n".join(parts)
     for p in Path(run).rglob("*"):
         if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".csv", ".ipynb", ".txt"):
-            t = p.read_text(errors="replace")
+            t = text_of(p)
             if re.search(r"\btoy", t, re.I): hits.append(str(p.relative_to(run)))
             for line in t.splitlines():
                 if '"data"' in line and "synthetic world" in line: hits.append(f"{p.relative_to(run)}: {line.strip()[:80]}")
