@@ -750,11 +750,11 @@ def make_demo_run(path,                       # the run folder to create
                 atomic_write(d/"generated_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         ck = rd.models(m)/"lora"/"checkpoints"/"checkpoint-4"
         write_json(ck/"trainer_state.json", {"log_history": [dict(step=s, loss=3.0/s, learning_rate=1e-4*s/4) for s in (1, 2, 3, 4)] + [{"train_runtime": 1.0, "step": 4}]})
-    for s in ("06_captions", "07_splits", "08_similarity", "12_metrics"): rd.write_manifest(s, [], data="made up (demo)")
+    for s in REQUIRES: rd.write_manifest(s, [], data="made up (demo)")
     return rd
 
 # %% ../nbs/15_paper.ipynb #03d05a8a
-REQUIRES = ("06_captions", "07_splits", "08_similarity", "12_metrics")
+REQUIRES = ("06_captions", "07_splits", "08_similarity", "12_metrics", "13_gradcam", "14_retrieval")   # Fig. 9 and the SAR-TEXT table too
 FIGURE_NAMES = {"fig5": "fig5_preprocessing_steps.png", "fig8": "fig8_qualitative.png", "training": "fig_training_curves.png"}
 
 def default_paper_figures():

@@ -759,15 +759,15 @@ class ClipTrainer(Trainer):
 
 # %% ../nbs/14_retrieval.ipynb #496e3cf6
 def caption_pairs(files,          # caption files (release CSV/JSON; `sarlang_nb.formats`)
-                  root=None):     # dataset root of the image paths (default: each file's own, `formats.infer_root`)
+                  root=None):     # dataset root of the image paths (default: each file's own, `formats.infer_root`), or a list of roots tried in order
     "`(pairs, records)`: (absolute image path, caption) per record, and the records."
     pairs, recs = [], []
     for f in ([files] if isinstance(files, (str, Path)) else files):
-        r0 = Path(root) if root else formats.infer_root(f)
-        rs = formats.read_captions(f, root=r0)
+        roots = [Path(x) for x in root] if isinstance(root, (list, tuple)) else [Path(root) if root else formats.infer_root(f)]
+        rs = formats.read_captions(f, root=roots[0])
         for i, r in enumerate(rs):
-            p = r0/r["image"]
-            if not p.is_file(): raise SarlangError(f"image {r['image']!r} not found under {r0}", f, i + 1)
+            p = next((q/r["image"] for q in roots if (q/r["image"]).is_file()), None)   # a run's images first, then the release's
+            if p is None: raise SarlangError(f"image {r['image']!r} not found under {' or '.join(map(str, roots))}", f, i + 1)
             pairs.append((str(p), r["caption"])); recs.append(r)
     return pairs, recs
 
@@ -835,7 +835,7 @@ def finetune_clip(train_files,               # caption files to train on (releas
     out = Path(out); device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     request = dict(base=str(Path(clip_path).absolute()) if clip_path else f"tiny random CLIP (seed {seed})",
                    tokenizer=str(tokenizer_path) if tokenizer_path else None, hidden_act=hidden_act,
-                   data=[str(f.absolute()) for f in files], data_sha256=[sha256_file(f) for f in files], root=str(root) if root else None,
+                   data=[str(f.absolute()) for f in files], data_sha256=[sha256_file(f) for f in files], root=[str(x) for x in root] if isinstance(root, (list, tuple)) else (str(root) if root else None),
                    recipe=recipe, hyperparameters=h, seed=seed)
     rf = out/"request.json"
     old = read_json(rf) if rf.exists() else None
@@ -941,7 +941,7 @@ def _release_captions(rd, cfg, train_captions, test_captions):
     else:
         base = rd.captions if (rd.captions/"Caption-training.csv").exists() else Path(cfg.get("data_root") or rd.path)/"Text"/"caption"
         tr = [base/"Caption-training.csv"]; te = [p for p in (base/"Caption_test.csv", base/"Caption_test1.csv") if p.exists()]
-        root = None
+        root = [rd.path, Path(cfg["data_root"])] if base == rd.captions and cfg.get("data_root") else None   # the run's copy names the release's images
         if not tr[0].exists() or not te: raise SarlangError("no release caption files (Caption-training.csv and Caption_test*.csv): run stage 07_splits, "
                                                             "or pass data_root, or train_captions/test_captions", base)
     for p in tr + te:
