@@ -11,12 +11,7 @@ Prints figures, never pass/fail.
 import argparse, os, sys, time, tempfile, platform
 
 
-def best(f, repeat):
-    "(result, best wall time of `repeat` runs): the minimum is the least disturbed by other processes."
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter(); r = f(); ts.append(time.perf_counter() - t)
-    return r, min(ts)
+from _timing import best   # bench/_timing.py
 
 
 def bench_metrics(a, np, R):

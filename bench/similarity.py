@@ -21,12 +21,7 @@ def _imports():
     np, overall_similarity, pairwise_similarity, SimilarityAccumulator = numpy, o, p, A
 
 
-def best(f, repeat):
-    "(result, best wall time of `repeat` runs): the minimum is the least disturbed by other processes."
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter(); r = f(); ts.append(time.perf_counter() - t)
-    return r, min(ts)
+from _timing import best   # bench/_timing.py
 
 
 def compare(n, d, block, repeat=3, seed=0):
