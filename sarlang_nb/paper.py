@@ -372,6 +372,7 @@ def table7_section(rd, st, caps): # a RunDir; its settings; from `read_metrics`
     missing = [] if ours else ["caption metrics: no metrics/captions_<model>_<zero-shot|lora>_<style>.json (stages 11_inference then 12_metrics write them)"]
     notes = [f"{m}: no metrics for " + ", ".join(f"{mo} {s}" for s in ("complex", "concise") for mo in MODE_STRATEGY if (m, mo, s) not in main)
              for m in models if any((m, mo, s) not in main for s in ("complex", "concise") for mo in MODE_STRATEGY)]
+    notes += [f"{k[0]} {k[1]} {k[2]}: {v['caveat']}" for k, v in main.items() if v.get("caveat")]   # failed rows, never silent
     for m in st["models"]:
         if m not in models: missing.append(f"{m}: listed in the config but has no caption metrics (stages 10_finetune, 11_inference, 12_metrics)")
     extra = [("LoRA - zero-shot (the gains the paper argues from)", deltas + (pd if not why else []), dcols)]
@@ -385,8 +386,11 @@ def _judge_text(reps):
     return ", ".join(j) or None
 
 def _rules_note(reps):
-    u = sum(r.get("unjudged", 0) for r in reps)
-    return [f"judge `rules`: {u} answers that only an LLM judge could decide are counted wrong (offline smoke judge)"] if u else []
+    "Notes beside the accuracies: unjudged answers, and every metric whose rows failed, were skipped or got no judgement."
+    reps = list(reps); u = sum(r.get("unjudged", 0) for r in reps)
+    out = [f"judge `rules`: {u} answers that only an LLM judge could decide are counted wrong (offline smoke judge)"] if u else []
+    return out + [f"{r.get('model')} {r.get('mode')}: {r['caveat']}" for r in reps if r.get("caveat") and
+                  any(r.get(k) for k in ("failed_rows", "skipped_rows", "llm_errors", "invalid"))]
 
 def table8_section(rd, st, vqa): # a RunDir; its settings; from `read_metrics`
     "Table 8: overall VQA accuracy (%) per model and mode, LoRA - zero-shot, and accuracy per application."
