@@ -101,7 +101,7 @@ def safe_image_path(image,                   # the image path as a record gives 
             ps = [q for q in s.split("/") if q]
             anchors = [i for i, q in enumerate(ps) if q in {bare_dir or "SARimages", *IMAGE_FOLDERS}]
             if not (rebase and anchors):
-                hint = "; or pass rebase=True (--rebase) to re-root it at its image folder" if anchors else ""
+                hint = "; or re-root it at its image folder: `sarlang-convert check|convert --rebase` (Python: rebase=True)" if anchors else ""
                 raise SarlangError(f"image path {image!r} is absolute and not inside the dataset root {str(root) if root else '(none given)'}; records must use paths relative to the root{hint}", path, row)
             s = "/".join(ps[anchors[-1]:])
     parts = [q for q in s.split("/") if q and q != "."]
@@ -116,7 +116,7 @@ def safe_image_path(image,                   # the image path as a record gives 
             full = os.path.join(rootabs, *parts)
             target = os.path.realpath(full) if os.path.islink(full) else os.path.join(_realdir(os.path.dirname(full)), parts[-1])
             if not _inside(target, rroot):
-                raise SarlangError(f"image path {image!r} leads outside the dataset root through a symlink (to {target}); pass allow_symlinks_out=True if that is intended", path, row)
+                raise SarlangError(f"image path {image!r} leads outside the dataset root through a symlink (to {target}); if that is intended, allow it with `sarlang-convert check|convert --allow-symlinks-out` (Python: allow_symlinks_out=True)", path, row)
     return rel
 
 # %% ../nbs/04_formats.ipynb #d6ba997f
