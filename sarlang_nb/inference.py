@@ -112,7 +112,8 @@ def raw_image(rd,        # a `core.RunDir`
     if rd.provenance == "synthetic world":
         p = rd.sar_raw/f"{stem}.png"
         return p if p.exists() else None
-    tif = next((Path(rd.config["data_root"])/"SARimages"/f"{stem}{e}" for e in (".tif", ".tiff") if (Path(rd.config["data_root"])/"SARimages"/f"{stem}{e}").exists()), None)
+    sar = Path(rd.config["data_root"])/"SARimages"
+    tif = next((sar/f"{stem}{e}" for e in (".tif", ".tiff") if (sar/f"{stem}{e}").exists()), None)
     if tif is None: return None
     out = rd.sar_raw/f"{stem}.png"
     if not out.exists():
@@ -156,14 +157,14 @@ def ablation_run(rd,                      # a `core.RunDir`
         for mode in modes:
             sides = [("raw", [{**e, "image": str(r)} for e, r in keep])]
             if len(keep) < len(ex): sides.append(("pre", [e for e, _ in keep]))   # all examples: the pre side is predictions/<model>/<mode>/
+            ad = load_vlm(name, base, device=cfg.get("device", "cpu"), seed=cfg.get("seed", 0)) if mode == "zero-shot" else \
+                 load_finetuned(rd.models(name)/"lora", device=cfg.get("device", "cpu"))   # once for both sides
             for side, exs in sides:
                 dd = rd.predictions(name, f"{mode}-{side}")
                 req = dict(files=[str(f) for f in files], data_sha256=shas, pattern=pattern, max_samples=max_samples, max_new_tokens=max_new_tokens,
                            base=str(base), adapter=(rd.models(name)/"lora"/"adapter_model.safetensors").stat().st_mtime_ns if mode == "lora" else None)
                 if not ((dd/"request.json").exists() and json.loads((dd/"request.json").read_text()) == req):
                     dd.mkdir(parents=True, exist_ok=True); (dd/PRED_FILE).unlink(missing_ok=True); write_json(dd/"request.json", req)
-                ad = load_vlm(name, base, device=cfg.get("device", "cpu"), seed=cfg.get("seed", 0)) if mode == "zero-shot" else \
-                     load_finetuned(rd.models(name)/"lora", device=cfg.get("device", "cpu"))
                 out[(name, f"{mode}-{side}")] = predict(ad, exs, dd, batch_size, max_new_tokens, resume=True, desc=f"{name} {mode} {side}")
                 write_json(dd/"ablation.json", dict(side=side, model=name, mode=mode, examples=len(exs), pattern=pattern, data=rd.provenance,
                     preprocessed_side=str(rd.predictions(name, f"{mode}-pre" if len(sides) > 1 else mode).relative_to(rd.path)),
