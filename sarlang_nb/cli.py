@@ -6,12 +6,13 @@ Docs: https://sarlang.github.io/sarlang-nb/cli.html.md"""
 
 # %% ../nbs/00c_cli.ipynb #2e897532
 from __future__ import annotations
-import sys
+import argparse, math, sys
 from fastcore.script import anno_parser
 from .core import SarlangError
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_PARTIAL', 'EXIT_INTERRUPTED', 'run_command', 'command', 'subcommands']
+__all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_PARTIAL', 'EXIT_INTERRUPTED', 'run_command', 'command', 'subcommands',
+           'positive_int', 'positive_float', 'fraction']
 
 # %% ../nbs/00c_cli.ipynb #83596d61
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -64,3 +65,27 @@ def subcommands(prog:str,   # the command's name
             return EXIT_USAGE
         return command(cmds[argv[0]], f"{prog} {argv[0]}")(argv[1:])
     return main
+
+# %% ../nbs/00c_cli.ipynb #96141f76
+def positive_int(s): # command-line text (or a number)
+    "Argument type: an integer >= 1."
+    try: v = int(s) if not isinstance(s, float) else None
+    except (TypeError, ValueError): v = None
+    if v is None or isinstance(s, bool) or v < 1: raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}")
+    return v
+
+# %% ../nbs/00c_cli.ipynb #d5ddd738
+def positive_float(s): # command-line text (or a number)
+    "Argument type: a finite number > 0."
+    try: v = float(s)
+    except (TypeError, ValueError): v = math.nan
+    if isinstance(s, bool) or not (math.isfinite(v) and v > 0): raise argparse.ArgumentTypeError(f"must be a number > 0, got {s!r}")
+    return v
+
+# %% ../nbs/00c_cli.ipynb #e6904f8d
+def fraction(s): # command-line text (or a number)
+    "Argument type: a number in [0, 1)."
+    try: v = float(s)
+    except (TypeError, ValueError): v = math.nan
+    if isinstance(s, bool) or not 0 <= v < 1: raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s!r}")
+    return v

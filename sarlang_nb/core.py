@@ -6,7 +6,7 @@ Docs: https://sarlang.github.io/sarlang-nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #4bb9e88b
 from __future__ import annotations
-import os, sys, json, re, time, hashlib, tempfile, contextlib, fcntl
+import os, sys, json, re, time, hashlib, tempfile, contextlib, fcntl, shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from fastcore.basics import patch
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 __all__ = ['PROFILES', 'DATA_PROVENANCE', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write', 'write_json',
            'read_json', 'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config', 'RunDir',
            'file_lock', 'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run', 'update_config',
-           'sha256_file', 'shared_data']
+           'sha256_file', 'shared_data', 'keyed_output', 'keyed_output_done']
 
 # %% ../nbs/00_core.ipynb #5644dc27
 class SarlangError(Exception):
@@ -322,6 +322,59 @@ def shared_data():
     for root in (repo_root(Path.cwd()), repo_root()):
         if root and (root.parent/"shared"/"data").is_dir(): return root.parent/"shared"/"data"
     return None
+
+# %% ../nbs/00_core.ipynb #4e3551c9
+def _as_json(o): return json.loads(json.dumps(o, default=_json_default))
+
+def _request_diff(old, new): # two requests (dicts)
+    if not isinstance(old, dict): return ["(unreadable)"]
+    return sorted(k for k in {**old, **new} if old.get(k) != new.get(k))
+
+def _remove(p): # a file or folder
+    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+    else: p.unlink(missing_ok=True)
+
+# %% ../nbs/00_core.ipynb #9aedb667
+def keyed_output(folder,                 # the output folder
+                 request:dict,           # what its outputs are made from (JSON-able)
+                 on_change:str="reset",  # "reset", "refuse" or "redo" (see above)
+                 outputs=None,           # names (in `folder`) of the outputs to remove on "reset"; None = all but the record
+                 name:str="request.json", # the file the request is recorded in
+                 hint:str="use another output folder, or start over") -> bool: # what to do, for "refuse"'s error
+    "Whether `folder`'s outputs were made from `request` (resume); otherwise make way for it (see above)."
+    if on_change not in ("reset", "refuse", "redo"): raise ValueError(f"on_change: {on_change!r}")
+    folder, new = Path(folder), _as_json(request)
+    rf = folder/name
+    try: old = read_json(rf) if rf.exists() else None
+    except SarlangError: old = "unreadable"
+    if old == new: return True
+    present = [p for p in folder.iterdir() if p.name != name] if folder.is_dir() else []
+    if old is None and not present: pass                       # a fresh folder
+    elif on_change == "refuse":
+        what = "no record of what they were made with" if old is None else \
+               "an interrupted change of request" if isinstance(old, dict) and "changing_to" in old else \
+               f"other settings ({', '.join(_request_diff(old, new))} differ)"
+        raise SarlangError(f"the outputs here were made with {what}: {hint}", folder)
+    elif on_change == "reset":
+        for p in (present if outputs is None else [folder/o for o in outputs]):
+            if p.exists() or p.is_symlink(): _remove(p)
+    elif old is not None:                                      # redo: keep the files, mark the change under way
+        write_json(rf, {"changing_to": new}); return False
+    folder.mkdir(parents=True, exist_ok=True); write_json(rf, new)
+    return False
+
+# %% ../nbs/00_core.ipynb #b2a00d7e
+def keyed_output_done(folder,                 # the output folder
+                      request:dict,           # the request its outputs are now all made from
+                      name:str="request.json"): # the record's file name
+    "Record `request` as what `folder`'s outputs are made from (after `keyed_output(..., on_change='redo')`)."
+    write_json(Path(folder)/name, _as_json(request))
+
+# %% ../nbs/00_core.ipynb #6a4031f2
+@patch(as_prop=True)
+def is_default(self:RunDir):
+    "Whether this is the notebooks' cached run (`default_run_dir()`), where slow stages run on a sample."
+    return self.path.absolute() == default_run_dir().absolute()
 
 # %% ../nbs/00_core.ipynb #7daca9df
 DATA_PROVENANCE = ("synthetic world", "release", "rebuilt from sources")
