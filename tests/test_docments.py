@@ -37,7 +37,7 @@ def problems(fn):
     out, lines = [], {}
     for p, ln in ps: lines.setdefault(ln, []).append(p)
     if len(ps) > 1: out += [f"{', '.join(v)} share one line" for v in lines.values() if len(v) > 1]
-    d = docments(fn)
+    d = docments(fn, args_kwargs=True)   # *args and **kwargs too
     out += [f"{p}: no comment" for p, _ in ps if not d.get(p)]
     return out
 
