@@ -208,7 +208,10 @@ class RunDir:
     @property
     def manifests(self): return self.path/"manifests"
     def models(self, model:str): return self.path/"models"/model                     # LoRA adapters of `model`
-    def predictions(self, model:str, mode:str="zero-shot"):      # mode: "zero-shot" | "lora", "-raw"/"-pre" for the preprocessing ablation
+    def predictions(self,
+                    model:str,              # a model name, e.g. "qwen2-vl"
+                    mode:str="zero-shot"):  # "zero-shot" or "lora", with "-raw"/"-pre" for the preprocessing ablation
+        "`predictions/<model>/<mode>/`: where a model's test-set predictions go."
         if mode.removesuffix("-raw").removesuffix("-pre") not in ("zero-shot", "lora"):
             raise SarlangError(f"prediction mode must be 'zero-shot' or 'lora' (optionally -raw or -pre), not {mode!r}")
         return self.path/"predictions"/model/mode
@@ -307,7 +310,8 @@ def update_config(rd:RunDir,        # the run
     return cfg
 
 # %% ../nbs/00_core.ipynb #ab6ef0db
-def sha256_file(path, chunk:int=1<<20): # the file; chunk size in bytes
+def sha256_file(path,            # the file
+                chunk:int=1<<20): # bytes read at a time
     "SHA-256 hex digest of a file's content."
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -340,7 +344,8 @@ def keyed_output(folder,                 # the output folder
                  on_change:str="reset",  # "reset", "refuse" or "redo" (see above)
                  outputs=None,           # names (in `folder`) of the outputs to remove on "reset"; None = all but the record
                  name:str="request.json", # the file the request is recorded in
-                 hint:str="use another output folder, or start over") -> bool: # what to do, for "refuse"'s error
+                 hint:str="use another output folder, or start over", # what to do, for "refuse"'s error
+                ) -> bool:               # True: the outputs are the request's (resume)
     "Whether `folder`'s outputs were made from `request` (resume); otherwise make way for it (see above)."
     if on_change not in ("reset", "refuse", "redo"): raise ValueError(f"on_change: {on_change!r}")
     folder, new = Path(folder), _as_json(request)
