@@ -12,59 +12,21 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 from .core import SarlangError, atomic_writer, write_json, read_json, open_text
+from .prompts import *
+from .prompts import _VQA_PROMPT_RE
 
 # %% auto #0
-__all__ = ['APPLICATIONS', 'SARDET_CLASSES', 'CAPTION_PROMPT', 'VQA_TEMPLATE', 'CLASS_PREFIX', 'POSITION_PREFIX', 'IMAGE_TOKEN',
-           'IMAGE_FOLDERS', 'CAPTION_STYLES', 'CAPTION_COLUMNS', 'VQA_COLUMNS', 'CAPTION_FILES', 'VQA_SOURCES',
-           'LLAMAFACTORY_SHAREGPT', 'load_dataset_root', 'VQA_RESULT_COLUMNS', 'caption_prompt', 'vqa_prompt',
-           'mixing_prefix', 'strip_image_tokens', 'parse_vqa_prompt', 'safe_image_path', 'iter_json_records',
-           'iter_csv_rows', 'guess_application', 'vqa_record', 'guess_style', 'caption_record', 'user_text',
-           'to_sharegpt', 'to_llava', 'infer_root', 'iter_vqa', 'iter_captions', 'read_vqa', 'read_captions',
-           'write_json_records', 'write_vqa_json', 'write_caption_json', 'write_csv_records', 'write_caption_csv',
-           'read_coco', 'coco_counts', 'write_coco', 'read_sardet', 'write_dataset_info', 'write_release',
-           'release_files', 'iter_release', 'load_release', 'write_predictions', 'iter_predictions', 'read_predictions',
-           'write_vqa_result', 'read_vqa_result', 'annotate_predictions', 'row_kind', 'predictions_to_vqa_result',
-           'detect_kind', 'check_path', 'convert_file', 'main']
+__all__ = ['IMAGE_FOLDERS', 'CAPTION_STYLES', 'CAPTION_COLUMNS', 'VQA_COLUMNS', 'CAPTION_FILES', 'VQA_SOURCES',
+           'LLAMAFACTORY_SHAREGPT', 'load_dataset_root', 'VQA_RESULT_COLUMNS', 'safe_image_path', 'iter_json_records',
+           'iter_csv_rows', 'vqa_record', 'caption_record', 'to_sharegpt', 'to_llava', 'infer_root', 'iter_vqa',
+           'iter_captions', 'read_vqa', 'read_captions', 'write_json_records', 'write_vqa_json', 'write_caption_json',
+           'write_csv_records', 'write_caption_csv', 'read_coco', 'coco_counts', 'write_coco', 'read_sardet',
+           'write_dataset_info', 'write_release', 'release_files', 'iter_release', 'load_release', 'write_predictions',
+           'iter_predictions', 'read_predictions', 'write_vqa_result', 'read_vqa_result', 'annotate_predictions',
+           'row_kind', 'predictions_to_vqa_result', 'detect_kind', 'check_path', 'convert_file', 'main']
 
 # %% ../nbs/04_formats.ipynb #5a49bcd8
-APPLICATIONS = ("image description", "object identification", "object classification", "instance counting",
-                "region referring", "object positioning", "others")
-SARDET_CLASSES = ("ship", "aircraft", "car", "tank", "bridge", "harbor")  # SARDet-100K's class order
-CAPTION_PROMPT = "Describe the content of this image in one sentence."
-VQA_TEMPLATE = "Question: {question}. Answer the question concisely."
-CLASS_PREFIX = "The classes are: tank, car, aircraft, harbor, bridge, ship."
-POSITION_PREFIX = "The classes are: top, center, bottom, left, right."
-IMAGE_TOKEN = "<image>"
-
-def caption_prompt() -> str:
-    "The paper's captioning prompt."
-    return CAPTION_PROMPT
-
-def vqa_prompt(question:str,          # the raw question
-               prefix:str|None=None): # optional closed-set prefix (`CLASS_PREFIX` / `POSITION_PREFIX`)
-    "The paper's VQA prompt for `question`, optionally led by a class-list prefix."
-    p = VQA_TEMPLATE.format(question=question)
-    return f"{prefix} {p}" if prefix else p
-
-def mixing_prefix(rec:dict): # a VQA record
-    "The closed-set prefix the release README asks for when SARVQA1 questions are mixed with others (None for other sources)."
-    if rec.get("source") != "sardet": return None
-    return POSITION_PREFIX if rec.get("application") == "object positioning" else CLASS_PREFIX
-
-_PROMPT_RE = re.compile(r"^(?P<prefix>The classes are: [^.]*\.\s*)?Question:\s?(?P<q>.*?)\.\s*Answer the question concisely\.\s*$", re.S)
-
-def strip_image_tokens(text:str): # a user turn
-    "The text with `<image>` placeholders (and the whitespace around them) removed."
-    return re.sub(r"\s*<image>\s*", " ", text).strip()
-
-def parse_vqa_prompt(text:str): # a user turn, with or without `<image>` and the paper's wrapper
-    "`(question, prefix)`: the raw question inside a (possibly prefixed) paper prompt; text without the wrapper is the question."
-    t = strip_image_tokens(text)
-    m = _PROMPT_RE.match(t)
-    if not m:
-        mp = re.match(r"^(The classes are: [^.]*\.)\s*(.*)$", t, re.S)  # a prefix without the wrapper
-        return (mp.group(2).strip(), mp.group(1)) if mp else (t, None)
-    return m.group("q").strip(), (m.group("prefix") or "").strip() or None
+# the prompts, closed sets and the mixing rule live in `sarlang_nb.prompts` (04a_prompts)
 
 # %% ../nbs/04_formats.ipynb #1747c1d5
 _resolve_cache: dict = {}
@@ -234,26 +196,6 @@ def _pick(d:dict, key:str):
     return None
 
 # %% ../nbs/04_formats.ipynb #82da6371
-_BOX = re.compile(r"\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){3}\s*\]")   # a box in a question: [x1, y1, x2, y2]
-
-def guess_application(question:str, # the raw question
-                      answer:str=""): # its answer (yes/no answers mark identification)
-    "One of the paper's seven applications, guessed from the wording of a question."
-    q, a = question.lower().strip(), str(answer).lower().strip()
-    q = re.sub(r"^the classes are:[^.]*\.\s*", "", q)                     # the paper's closed-set prefix
-    if re.match(r"^(describe|what (is|does) (this|the) (sar )?image (show|contain|depict))|caption", q): return "image description"
-    if _BOX.search(q): return "region referring"
-    if re.search(r"\bhow many\b|\bnumber of\b|\bcount\b", q): return "instance counting"
-    if a in ("yes", "no") or re.search(r"(^|,\s*)(is|are|does|do|can|could) ", q): return "object identification"
-    if re.search(r"\bwhere\b|\bwhich (part|position|side|region)\b|\b(located|positioned|location)\b", q) and not re.search(r"\bin the (top|bottom|left|right|center|centre|upper|lower)", q):
-        return "object positioning"
-    if re.search(r"\b(top|bottom|upper|lower|center|centre|middle)[- ]?(left|right|part|region|area|corner)?\b", q) and re.search(r"^(what|which)", q):
-        return "region referring"
-    if re.search(r"\b(main|predominant|dominant|most common|most|primary|major)\b.*\b(category|class|type|object|land ?cover)\b"
-                 r"|\bwhat (kind|type|category|class)\b|\b(categories|types of objects|kinds? of objects?)\b|\bappears? most\b", q):
-        return "object classification"
-    return "others"
-
 def _stem_id(image:str): return PurePosixPath(image).stem
 
 def _source_from(path, image):
@@ -313,10 +255,6 @@ def vqa_record(image, question, answer,          # the triple (image path as the
 
 CAPTION_STYLES = ("complex", "concise")
 
-def guess_style(caption:str, max_concise_words:int=30): # a caption; word limit of a concise caption
-    "'concise' for a short one-sentence caption, else 'complex' (used only when a file does not say)."
-    return "concise" if len(caption.split()) <= max_concise_words and caption.rstrip(".").count(". ") == 0 else "complex"
-
 def caption_record(image, caption,               # the pair (image path as the file gives it)
                    style=None, source=None, image_id=None, split=None, captioner=None, prompt_hash=None,
                    root=None, path=None, row=None, bare_dir="SARimages", allow_symlinks_out=False, rebase=False,
@@ -352,14 +290,6 @@ _VQA_KEYS = ("question", "application", "source", "image_id", "split", "qtype", 
 _CAP_KEYS = ("style", "source", "image_id", "split", "captioner", "prompt_hash", "style_guessed")
 _VQA_CORE = {"image", "question", "answer", "application", "source", "image_id", "split", "qtype", "application_guessed"}
 _CAP_CORE = {"image", "caption", "style", "source", "image_id", "split", "captioner", "prompt_hash", "style_guessed"}
-
-def user_text(rec:dict, kind:str, prompt:str="paper", mix_prefix:bool=False): # record; "vqa"/"caption"; "paper"/"raw"; add SARVQA1 prefix
-    "The user turn (without `<image>`) for a record."
-    if prompt not in ("paper", "raw"): raise SarlangError(f"prompt must be 'paper' or 'raw', not {prompt!r}")
-    if kind == "caption": return CAPTION_PROMPT
-    pre = mixing_prefix(rec) if mix_prefix else None
-    if prompt == "paper": return vqa_prompt(rec["question"], pre)
-    return f"{pre} {rec['question']}" if pre else rec["question"]
 
 def _extras(rec, core): return {k: v for k, v in rec.items() if k not in core and isinstance(v, _EXTRA_TYPES)}
 
@@ -808,7 +738,6 @@ def row_kind(r:dict): # a prediction row (LLaMA-Factory's or ours)
     if r.get("question") or r.get("application") or _VQA_PROMPT_RE.search(prompt): return "vqa"
     return None
 
-_VQA_PROMPT_RE = re.compile(r"Question:\s?(?P<q>.*?)\.\s*Answer the question concisely\.", re.S)
 
 def predictions_to_vqa_result(jsonl,               # generated_predictions.jsonl
                               csv_path,            # VQA_result.csv to write
