@@ -8,4 +8,107 @@ Docs: https://sarlang.github.io/sarlang-nb/testing.html.md"""
 from __future__ import annotations
 
 # %% auto #0
-__all__ = []
+__all__ = ['ChatTestServer']
+
+# %% ../nbs/95_testing.ipynb #fc091e3c
+import json, random, sys, threading, time
+from collections import Counter
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from typing import Callable
+
+# %% ../nbs/95_testing.ipynb #d32a1f9b
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body are separate writes: without this, keep-alive replies wait ~40 ms for an ACK
+    def log_message(self, *a): pass
+    def _send(self, code, body, ctype="application/json", headers=()):
+        b = body.encode("utf-8") if isinstance(body, str) else body
+        self.send_response(code)
+        self.send_header("Content-Type", ctype); self.send_header("Content-Length", str(len(b)))
+        for k, v in headers: self.send_header(k, v)
+        self.end_headers(); self.wfile.write(b)
+    def do_GET(self): self._send(404, json.dumps({"error": {"message": "not found"}}))
+    def do_POST(self):
+        srv = self.server.owner
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0].rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
+        try: req = json.loads(body)
+        except ValueError: return self._send(400, json.dumps({"error": {"message": "request body is not JSON"}}))
+        n, fault = srv._register(req)
+        try: self._answer(srv, req, n, fault)
+        finally:
+            with srv._lock: srv.inflight -= 1
+    def _answer(self, srv, req, n, fault):
+        lat = srv.latency(n) if callable(srv.latency) else srv.latency
+        if lat: time.sleep(lat)
+        if fault == "hang": time.sleep(srv.hang)
+        err = lambda code, msg: self._send(code, json.dumps({"error": {"message": msg, "type": "server_error", "code": code}}))
+        if fault == "429": return self._send(429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}}), headers=[("Retry-After", "0")])
+        if fault in ("500", "503"): return err(int(fault), "The server had an error")
+        if fault in ("400", "401"): return err(int(fault), "Bad request" if fault == "400" else "Incorrect API key provided")
+        if fault == "junk": return self._send(200, "<html><body>502 Bad Gateway (junk)</body></html>", "text/html")
+        if fault == "badjson": return self._send(200, '{"id": "x", "choices": [{"message": {"content": "tru')
+        if fault == "nochoices": return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": req.get("model"), "choices": []}))
+        try: text = srv.reply(req)
+        except Exception as e: return err(500, f"reply function failed: {e}")
+        self._send(200, json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
+            "model": req.get("model", "test"), "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024   # the listen backlog: many clients connecting at once must not be refused
+    def handle_error(self, request, client_address):   # a client that hung up (e.g. after its timeout) is no error
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)): super().handle_error(request, client_address)
+
+# %% ../nbs/95_testing.ipynb #5c693d8e
+class ChatTestServer:
+    "A local OpenAI-compatible chat-completions server with injectable latency and faults (for tests and benches)."
+    def __init__(self,
+                 reply:Callable[[dict], str]|None=None, # request body -> assistant text (default: "ok")
+                 latency=0.0,          # seconds before each answer, or a function of the request number
+                 p429:float=0.0,       # probability of a 429 reply
+                 p500:float=0.0,       # probability of a 500 reply
+                 pjunk:float=0.0,      # probability of a 200 reply with an HTML (non-JSON) body
+                 fault:Callable|None=None, # (n, request) -> fault name or None; overrides the probabilities
+                 seed:int=0,           # seed of the fault draws
+                 hang:float=5.0,       # seconds a "hang" fault waits
+                 port:int=0):          # port on 127.0.0.1 (0: a free one)
+        self.reply = reply or (lambda req: "ok")
+        self.latency, self.p429, self.p500, self.pjunk, self.fault, self.hang = latency, p429, p500, pjunk, fault, hang
+        self._rng, self._lock, self.port = random.Random(seed), threading.Lock(), port
+        self.requests, self.outcomes, self.log, self._httpd = 0, Counter(), [], None
+        self.inflight = self.max_inflight = 0
+
+    def _register(self, req):
+        with self._lock:
+            self.requests += 1; n = self.requests
+            self.inflight += 1; self.max_inflight = max(self.max_inflight, self.inflight)
+            self.log.append(req)
+            if self.fault is not None: f = self.fault(n, req)
+            else:
+                u = self._rng.random()
+                f = "429" if u < self.p429 else "500" if u < self.p429 + self.p500 else "junk" if u < self.p429 + self.p500 + self.pjunk else None
+            self.outcomes[f or "ok"] += 1
+        return n, f
+
+    def reset(self):
+        "Zero the counters and the log."
+        with self._lock: self.requests, self.outcomes, self.log, self.max_inflight = 0, Counter(), [], 0
+
+    def start(self):
+        "Start serving in a daemon thread; returns `self`."
+        self._httpd = _Server(("127.0.0.1", self.port), _Handler)
+        self._httpd.owner = self
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+    def stop(self):
+        "Stop serving."
+        if self._httpd is not None: self._httpd.shutdown(); self._httpd.server_close(); self._httpd = None
+    @property
+    def base_url(self): return f"http://127.0.0.1:{self.port}/v1"
+    def __enter__(self): return self.start()
+    def __exit__(self, *a): self.stop()
