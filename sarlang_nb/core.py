@@ -15,7 +15,7 @@ from fastcore.basics import patch
 __all__ = ['PROFILES', 'DATA_PROVENANCE', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write', 'write_json',
            'read_json', 'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config', 'RunDir',
            'file_lock', 'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run', 'update_config',
-           'sha256_file', 'shared_data', 'keyed_output', 'keyed_output_done']
+           'sha256_file', 'shared_data', 'keyed_output', 'keyed_output_done', 'run_stage']
 
 # %% ../nbs/00_core.ipynb #5644dc27
 class SarlangError(Exception):
@@ -425,13 +425,13 @@ def stage_lock(self:RunDir,
 
 def _run_required(rd, stage, nbs=None):
     "Run stage notebook `stage` into `rd` (smoke profile) as `sarlang-reproduce` would."
-    from sarlang_nb.reproduce import stage_notebooks, run_stage
+    from sarlang_nb.reproduce import stage_notebooks, run_stage as run_notebook
     hits = [nb for nb in stage_notebooks(nbs) if nb.stem == stage]
     if not hits: raise SarlangError(f"no stage notebook {stage}.ipynb to run (stages: {', '.join(nb.stem for nb in stage_notebooks(nbs))})")
     print(f"{rd.path.name}: running the required stage {stage} first", file=sys.stderr, flush=True)
     held = os.environ.get(_HELD, "")
     os.environ[_HELD] = f"{held},{stage}"          # the stage's own notebook takes its lock: it is held for it here
-    try: run_stage(hits[0], rd.notebooks/hits[0].name, dict(run_dir=str(rd.path), profile="smoke"))
+    try: run_notebook(hits[0], rd.notebooks/hits[0].name, dict(run_dir=str(rd.path), profile="smoke"))
     finally: os.environ[_HELD] = held
     if not rd.stage_complete(stage): raise SarlangError(f"stage {stage} ran but did not complete (no complete manifest)", rd.manifests/f"{stage}.json")
 
@@ -451,3 +451,13 @@ def require(self:RunDir,
                 if not self.stage_complete(s): _run_required(self, s, nbs)
         out[s] = self.manifest(s)
     return out
+
+# %% ../nbs/00_core.ipynb #6af5b251
+def run_stage(rd:RunDir,           # the run
+              profile:str="smoke", # the profile asked for
+              data_root=None,      # paper profile: the SARLANG-1M release folder
+              model_paths=None,    # paper profile: {model name: local weights folder}
+              **overrides):        # other config keys, e.g. `n_scenes=500`
+    "Stage 00: write (or update, see `update_config`) the run's resolved configuration; returns the stage's manifest."
+    update_config(rd, profile, data_root=data_root, model_paths=model_paths or None, **overrides)
+    return rd.write_manifest("00_core", [rd.config_file])
