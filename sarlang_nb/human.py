@@ -39,7 +39,10 @@ def questions_to_separate(p1:float, # one accuracy (0-1)
     za, zb = NormalDist().inv_cdf(1 - alpha/2), NormalDist().inv_cdf(power)
     return math.ceil((za + zb)**2*(p1*(1 - p1) + p2*(1 - p2))/(p1 - p2)**2)
 
-def separation_note(a:float=0.5776, b:float=0.6333, n:int=30): # two accuracies (0-1); questions
+# %% ../nbs/15b_human.ipynb #b658584e
+def separation_note(a:float=0.5776, # one accuracy (0-1): the paper's experts
+                    b:float=0.6333, # the other: its best model
+                    n:int=30):      # questions
     "What `n` questions can tell apart: the Wilson intervals of two accuracies, and the questions needed to separate them."
     (la, ha), (lb, hb) = wilson(a*n, n), wilson(b*n, n)
     return (f"{n} questions cannot separate {100*a:.1f} % from {100*b:.1f} %: their 95 % Wilson intervals are "
@@ -61,6 +64,7 @@ def quotas(sizes:dict, # {application: questions available}
             if left and q[a] < sizes[a]: q[a] += 1; left -= 1
     return q
 
+# %% ../nbs/15b_human.ipynb #6fdc84c5
 def draw_questions(records:list, # VQA records (`formats.read_vqa`): image, question, answer, application
                    n:int=30,     # questions to draw
                    seed:int=0):  # random seed
@@ -78,7 +82,8 @@ def draw_questions(records:list, # VQA records (`formats.read_vqa`): image, ques
 SHEET_COLUMNS = ["item", "application", "question", "answer", "person", "group"]
 GROUPS = ("expert", "lay")
 
-def test_records(rd, split:str="test"): # a RunDir; the split
+def test_records(rd,               # a RunDir
+                 split:str="test"): # the split
     "The VQA records of the run's `Text/VQA/<split>/*.json` (or of the release under `data_root`), in file order."
     from sarlang_nb.formats import read_vqa
     folder = rd.vqa/split
@@ -92,7 +97,9 @@ def test_records(rd, split:str="test"): # a RunDir; the split
         for r in read_vqa(f, root=root): out.append({**r, "file": str(f.relative_to(root))})
     return out, root
 
-def image_data_uri(path, max_side:int=512): # an image file; longest side in the page
+# %% ../nbs/15b_human.ipynb #0a7c3a5f
+def image_data_uri(path,             # an image file
+                   max_side:int=512): # longest side in the page (pixels)
     "The image as a `data:image/png;base64,...` URI (8-bit, shrunk to `max_side`)."
     from PIL import Image
     try:
@@ -133,6 +140,7 @@ function exportAnswers() {
 }
 document.getElementById('export').addEventListener('click', exportAnswers);"""
 
+# %% ../nbs/15b_human.ipynb #773e9690
 def questionnaire_html(items:list,   # the kit's items: item, application, question, image_uri
                        title:str="Questions about SAR images"): # the page title
     "The self-contained questionnaire page (no external resources)."
@@ -163,6 +171,7 @@ and send the file back. Nothing leaves this page until you do.</p>
 </body></html>
 """
 
+# %% ../nbs/15b_human.ipynb #af252338
 def make_kit(run,                # the run folder
              out=None,           # the kit's folder (default RUN/human)
              n:int=30,           # questions
@@ -194,7 +203,8 @@ def make_kit(run,                # the run folder
             write_json(out/"key.json", key)]
 
 # %% ../nbs/15b_human.ipynb #620014a3
-def make_demo_run(path, n_per_app=(12, 10, 10, 8)): # the run folder; questions per application
+def make_demo_run(path,                     # the run folder
+                  n_per_app=(12, 10, 10, 8)): # questions per application (identification, counting, positioning, others)
     "A tiny run folder with a test split of VQA questions and images (made up), for the docs and tests."
     from PIL import Image
     from sarlang_nb.formats import write_vqa_json
@@ -219,6 +229,7 @@ def parse_sheet_arg(s:str): # "GROUP=PATH" or "PATH"
     m = re.match(r"^([A-Za-z][\w\-]*)=(.+)$", s)
     return (m.group(1), Path(m.group(2))) if m and not Path(s).exists() else (None, Path(s))
 
+# %% ../nbs/15b_human.ipynb #5b242409
 def read_sheet(path,          # a filled answer sheet (CSV)
                items:dict,    # {item id: key item}
                group=None):   # the sheet's group label (None: from its `group` column)
@@ -320,6 +331,7 @@ def score_sheets(key_file,                   # the kit's key.json
     atomic_write(out/"answers_judged.csv", buf.getvalue())
     return res
 
+# %% ../nbs/15b_human.ipynb #0cef1885
 def _pc(x): return "–" if x is None else f"{100*x:.1f}"
 def _ci(c): return f"{100*c[0]:.1f}-{100*c[1]:.1f}"
 def _k(k): return "undefined" if k is None else f"{k:.3f}"
@@ -349,6 +361,7 @@ def make_command(run:str,            # the run folder
     "Draw n test questions stratified by application; write questionnaire.html, answer_sheet.csv, key.json."
     for p in make_kit(run, out, n, seed, split, max_side): print(p)
 
+# %% ../nbs/15b_human.ipynb #aa4f4cea
 def score_command(key:str,           # the kit's key.json
                   sheets:Annotated[str, {"nargs": "+", "opt": False}], # filled sheets, each GROUP=PATH (e.g. expert=alice.csv) or PATH (group from its group column)
                   out:str=None,      # folder for scores.json, scores.md, answers_judged.csv (default: the key's folder)
@@ -362,6 +375,7 @@ def score_command(key:str,           # the kit's key.json
         print(f"sarlang-human-eval score: {res['llm_errors']} answer(s) got no judge reply (counted wrong); run again to retry", file=__import__("sys").stderr)
         return 3
 
+# %% ../nbs/15b_human.ipynb #28988dd7
 def main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-human-eval`."
     from sarlang_nb.cli import subcommands
