@@ -78,7 +78,8 @@ def scrub_paths(text:str,  # any text a page shows
 # %% ../nbs/91_docs.ipynb #0f6dfb2b
 _SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 
-def split_tables(text:str) -> list: # a stream's text
+def split_tables(text:str # a stream's text
+                ) -> list:
     "`[(kind, text), ...]` with kind 'text' or 'table': the Markdown pipe tables in `text` and what lies between them."
     lines, res, i, buf = text.split("\n"), [], 0, []
     while i < len(lines):
@@ -166,6 +167,7 @@ def _plain_entry(src:str, ns:dict):
     doc = inspect.getdoc(obj) or ""
     return f"---\n\n### {name}\n\n```python\n{kind}\n```\n\n" + (f"*{doc}*\n" if doc else "")
 
+# %% ../nbs/91_docs.ipynb #8e7096b2
 class SiteProc(Processor):
     "nbdev doc processor shared by Quarto and the offline build: entries without execution, clean outputs, linked stages."
     problems = []   # (notebook, message) of entries that could not be rendered; the build reports them
@@ -238,7 +240,7 @@ class SiteProc(Processor):
             res.append(o)
         return res
 
-    def cell(self, cell):
+    def cell(self, cell): # a notebook cell (nbdev processes them in place)
         if cell.cell_type == "markdown":
             cell.source = link_stages(self.lookup.linkify(cell.source), self.stages, self.this); return
         if cell.cell_type != "code": return
@@ -268,6 +270,7 @@ def _config_once():
     finally:
         for m, f in zip(mods, old): m.get_config = f
 
+# %% ../nbs/91_docs.ipynb #10a2a90f
 def process_notebook(path,          # a notebook (from nbs/)
                      executed=None): # the same notebook executed by a run, whose outputs to show (a path or None)
     "The notebook after nbdev's doc processing and `SiteProc` (an nbdev `AttrDict` notebook)."
@@ -296,12 +299,14 @@ def _directives(src:str):
 
 _QATTR = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)\{[^}]*\}")
 
-def md2html(md:str) -> str: # Markdown (nbdev's, with Quarto link attributes)
+def md2html(md:str # Markdown (nbdev's, with Quarto link attributes)
+           ) -> str:
     "HTML of Markdown, math left for MathJax, Quarto's `{...}` link attributes dropped."
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
     md = _QATTR.sub(lambda m: f'<a class="sd-source" href="{html.escape(m[2])}">{html.escape(m[1])}</a>', md)
     return markdown2html_mistune(md)
 
+# %% ../nbs/91_docs.ipynb #56e4b2db
 def _highlight(code:str, lang:str="python") -> str:
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
@@ -341,7 +346,9 @@ def _output_html(o:dict, page:_Page, asis:bool=False) -> str:
     if "text/plain" in d: return f'<pre class="out">{html.escape(j("text/plain"))}</pre>'
     return ""
 
-def cell_html(cell, page:_Page) -> str:
+def cell_html(cell,         # a processed cell (from `process_notebook`)
+              page:_Page, # the page it is on (where its images go)
+             ) -> str:
     "HTML of one processed cell."
     if cell.cell_type == "markdown": return md2html(cell.source or "")
     if cell.cell_type != "code": return ""
@@ -364,7 +371,8 @@ def _text(h:str) -> str: return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]
 
 def _slug(s:str) -> str: return re.sub(r"[^\w.\-]+", "", re.sub(r"\s+", "-", s.strip().lower())) or "section"
 
-def number_headings(body:str):
+# %% ../nbs/91_docs.ipynb #0b868e2d
+def number_headings(body:str): # a page's HTML
     "(body, headings): every heading with a unique id and a permalink; headings as `[(level, id, text)]`."
     seen, heads = {}, []
     def fix(m):
@@ -376,6 +384,7 @@ def number_headings(body:str):
     body = re.sub(r"<h([1-6])([^>]*)>(.*?)</h\1>", fix, body, flags=re.S)
     return body, heads
 
+# %% ../nbs/91_docs.ipynb #27b98f8a
 def local_links(body:str,   # a page's HTML
                 pages:dict, # nbdev's page names (`preprocess.html`) -> local pages (`02_preprocess.html`)
                 host:str="", # nbdev's doc site (`https://sarlang.github.io/sarlang-nb`)
@@ -559,9 +568,16 @@ def mathjax_file():
         if p.exists(): return p
     return None
 
+# %% ../nbs/91_docs.ipynb #0dab876f
 _MATH = re.compile(r"\$\$|(?<![\w$\\])\$[^$\s][^$\n]*\$|\\\(|\\\[|\\begin\{")
 
-def page_html(title:str, body:str, sidebar:str, toc:str, math:bool, site:str) -> str:
+def page_html(title:str,   # the page title
+              body:str,    # the page's HTML (`cell_html` of its cells)
+              sidebar:str, # the sidebar list (`_sidebar`)
+              toc:str,     # the table of contents (`_toc`)
+              math:bool,   # load MathJax (the page has math)
+              site:str,    # the site's name, in the top bar and the title
+             ) -> str:
     "One page of the offline site."
     mj = ('<script>window.MathJax = {tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], displayMath: [["$$", "$$"], ["\\\\[", "\\\\]"]], processEscapes: true},'
           ' svg: {fontCache: "global"}, options: {skipHtmlTags: ["script", "noscript", "style", "textarea", "pre", "code"]}};</script>\n'
@@ -583,6 +599,7 @@ def page_html(title:str, body:str, sidebar:str, toc:str, math:bool, site:str) ->
 </body></html>
 """
 
+# %% ../nbs/91_docs.ipynb #d1840a67
 def _sidebar(entries, current:str) -> str:
     "The sidebar list: `entries` is `[(stem, label)]`; the current page gets `class=active` and `aria-current`."
     items = []
@@ -714,6 +731,7 @@ def add_results_page(cache,        # nbdev's processed folder (`_proc/`), holdin
         atomic_write(sb, yaml.safe_dump(y, sort_keys=False))
     return page
 
+# %% ../nbs/91_docs.ipynb #87e7f09a
 def build_quarto(root=None,     # the checkout
                  out=None,      # output folder (default: the config's doc_path, `_docs/`)
                  figures=None): # tables and figures for the results page
@@ -735,6 +753,7 @@ def build_quarto(root=None,     # the checkout
     finally: os.chdir(cwd)
     return sorted(dest.glob("*.html"))
 
+# %% ../nbs/91_docs.ipynb #4f236318
 def build_docs(root=None,          # the checkout
                out=None,           # output folder (default `_docs/`)
                fallback:bool|None=None, # force the offline build (True) or Quarto (False); None: Quarto when on PATH
@@ -770,6 +789,7 @@ def write_llms_txt(root=None): # the checkout
     if p.exists() and p.read_text(encoding="utf-8") == txt: return False
     atomic_write(p, txt); return True
 
+# %% ../nbs/91_docs.ipynb #864108e6
 def write_readme(root=None): # the checkout
     "Render `nbs/index.ipynb` to `README.md`; returns True when the file changed."
     import nbformat
@@ -810,6 +830,7 @@ def docs(out:str=None,          # output folder (default: _docs/ in the checkout
     print(f"open {dest/'index.html'}")
     return 0
 
+# %% ../nbs/91_docs.ipynb #87e447d5
 def main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-docs`."
     from sarlang_nb.cli import command
