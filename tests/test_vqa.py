@@ -142,7 +142,7 @@ def test_bad_input(tmp_path, capsys, bad, msg):
     p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}, bad])
     with pytest.raises(SarlangError, match=re.escape(msg)) as e: vqa.load_coco(p)
     assert "annotations[1]" in str(e.value) and str(p) in str(e.value)
-    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl")]) == 2
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl")]) == 1        # bad input: 1 (HELPERS' exit codes)
     assert msg in capsys.readouterr().err and not (tmp_path/"o.jsonl").exists()
 
 def test_bad_files(tmp_path):
@@ -157,7 +157,7 @@ def test_bad_files(tmp_path):
 def test_negative_counts_are_clear_errors(tmp_path, capsys):
     p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}])
     for flag in ("--n-absent", "--n-regions"):
-        assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), flag, "-1"]) == 2
+        assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), flag, "-1"]) == 1
         assert "must be >= 0" in capsys.readouterr().err and not (tmp_path/"o.jsonl").exists()
 
 def test_categories_read_from_file(tmp_path):
@@ -172,7 +172,7 @@ def test_categories_read_from_file(tmp_path):
 def test_bad_image_template_is_a_clear_error(tmp_path, capsys, tpl, msg):
     p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}])
     with pytest.raises(SarlangError, match=re.escape(msg)): list(vqa.vqa_records(p, image_template=tpl))
-    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--image-template", tpl]) == 2
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--image-template", tpl]) == 1
     err = capsys.readouterr().err
     assert msg in err and "{file_name} {stem} {id} {split}" in err and not (tmp_path/"o.jsonl").exists()
     assert [r["image"] for r in vqa.vqa_records(p, image_template="{split}/{id:07d}.png{{x}}", split="train")][0] == "train/0000001.png{x}"
@@ -201,3 +201,42 @@ def test_coco_paths_that_leave_the_dataset_and_boxes_outside_the_image_are_refus
     with pytest.raises(SarlangError, match=r"annotations\[0\]: bbox .* lies outside its 100x100 image"): load_coco(tmp_path/"c.json")
     (tmp_path/"c.json").write_text(json.dumps({**base, "images": img, "annotations": [{"image_id": 1, "category_id": 0, "bbox": [-2, 90, 12, 12]}]}))
     assert load_coco(tmp_path/"c.json")[1][0].boxes == [("ship", -2.0, 90.0, 12.0, 12.0)]   # a small overhang is kept
+
+
+def _cli(*args):
+    exe = Path(sys.executable).parent/"sarlang-vqa"
+    if not exe.exists(): pytest.skip("sarlang-vqa is not installed in this environment")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env={**os.environ, "SARLANG_PROGRESS": "0"})
+
+@pytest.mark.parametrize("image,ann,msg", [
+    ({"file_name": "../../etc/passwd"}, [], r"row images\[0\]: file_name '../../etc/passwd' leaves the dataset"),
+    ({}, [{"image_id": 1, "category_id": 0, "bbox": [5000, 40, 10, 10]}], r"row annotations\[0\]: bbox \[5000, 40, 10, 10\] lies outside its 100x100 image '0000001.jpg'"),
+])
+def test_cli_refuses_paths_leaving_the_dataset_and_boxes_outside_their_image(tmp_path, image, ann, msg):
+    "Issue 17: `sarlang-vqa` wrote records for these; now exit 1, one line naming the file and the entry, no output."
+    img = {"id": 1, "file_name": "0000001.jpg", "width": 100, "height": 100, **image}
+    p = tmp_path/"train.json"
+    p.write_text(json.dumps({"images": [img], "annotations": ann, "categories": [{"id": 0, "name": "ship"}]}))
+    r = _cli(p, "--out", tmp_path/"o.jsonl")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.match(rf"sarlang-vqa: error: {re.escape(str(p))} {msg}", r.stderr), r.stderr
+    assert not (tmp_path/"o.jsonl").exists()
+
+def test_usage_errors_exit_2(tmp_path):
+    p = _coco(tmp_path, [{"image_id": 1, "category_id": 10, "bbox": [1, 1, 2, 2]}])
+    assert vqa.main([str(p)]) == 2                                               # --out missing
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--coords", "grid"]) == 2
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl"), "--n-absent", "x"]) == 2
+
+def test_duplicate_annotations_are_reported_and_counted_once(tmp_path, capsys):
+    "Issue 17 (duplicate rows pass silently): a box annotated twice counted twice; now it is counted once and reported."
+    box = {"image_id": 1, "category_id": 10, "bbox": [10, 140, 20, 20]}
+    p = _coco(tmp_path, [box, {"image_id": 1, "category_id": 10, "bbox": [50, 140, 20, 20]}, dict(box), dict(box)])
+    dups = []
+    _, imgs = vqa.load_coco(p, dups)
+    assert dups == [(2, 0), (3, 0)] and len(imgs[0].boxes) == 2
+    assert vqa.main([str(p), "--out", str(tmp_path/"o.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "2 duplicate annotation(s) skipped" in err and "annotations[2] repeats annotations[0]" in err
+    recs = list(vqa.read_jsonl(tmp_path/"o.jsonl"))
+    assert {r["answer"] for r in recs if r["qtype"] == "count" and r["image_id"] == "0000001"} == {"2"}
