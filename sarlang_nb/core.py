@@ -12,10 +12,11 @@ from typing import Any, Iterable, Mapping
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PROFILES', 'DATA_PROVENANCE', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write', 'write_json',
-           'read_json', 'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config', 'RunDir',
-           'file_lock', 'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run', 'update_config',
-           'sha256_file', 'shared_data', 'keyed_output', 'keyed_output_done', 'run_stage']
+__all__ = ['PROFILES', 'DATA_PROVENANCE', 'IMAGE_FOLDERS', 'SarlangError', 'atomic_writer', 'check_output_file', 'atomic_write',
+           'write_json', 'read_json', 'not_utf8', 'open_text', 'progress', 'check_no_secrets', 'resolve_config',
+           'RunDir', 'file_lock', 'check_device', 'sarlang_home', 'repo_root', 'default_run_dir', 'open_run',
+           'update_config', 'sha256_file', 'shared_data', 'keyed_output', 'keyed_output_done', 'safe_image_path',
+           'iter_json_records', 'iter_csv_rows', 'run_stage']
 
 # %% ../nbs/00_core.ipynb #5644dc27
 class SarlangError(Exception):
@@ -451,6 +452,217 @@ def require(self:RunDir,
                 if not self.stage_complete(s): _run_required(self, s, nbs)
         out[s] = self.manifest(s)
     return out
+
+# %% ../nbs/00_core.ipynb #c878bf7c
+import csv
+IMAGE_FOLDERS = ("SARimages", "RGBimages", "JPEGImages")
+_resolve_cache: dict = {}
+
+def _realdir(d:str): # an absolute folder path
+    "`os.path.realpath` of a folder, cached (the cache is cleared at the start of every file read)."
+    r = _resolve_cache.get(d)
+    if r is None:
+        if len(_resolve_cache) > 100_000: _resolve_cache.clear()
+        r = _resolve_cache[d] = os.path.realpath(d)
+    return r
+
+def _inside(p:str, d:str): return p == d or p.startswith(d.rstrip(os.sep) + os.sep)
+
+# %% ../nbs/00_core.ipynb #4f749aa0
+def safe_image_path(image,                   # the image path as a record gives it
+                    root=None,               # the dataset root; None: check the path's form only
+                    bare_dir:str|None="SARimages", # folder that a bare file name lives in (None: keep bare)
+                    allow_symlinks_out:bool=False, # accept symlinks that point outside the root
+                    path=None,               # the file the record came from, for error messages
+                    row=None,                # the record's row in that file, for error messages
+                    rebase:bool=False):      # re-root foreign absolute paths at their image folder
+    "The image path relative to `root` (POSIX form) after checking it cannot escape the root."
+    if not isinstance(image, str) or not image.strip():
+        raise SarlangError(f"image path must be a non-empty string, got {image!r}", path, row)
+    if "\x00" in image: raise SarlangError(f"image path {image!r} contains a NUL character", path, row)
+    s = image.strip()
+    if "\\" in s: s = s.replace("\\", "/")
+    if s.startswith("file://"): s = s[7:]
+    if s.startswith("/") or (len(s) > 2 and s[1] == ":" and s[2] == "/" and s[0].isalpha()):
+        rootabs = os.path.abspath(root) if root is not None else None
+        n = os.path.normpath(s)
+        if rootabs is not None and _inside(n, rootabs) and n != rootabs: s = os.path.relpath(n, rootabs).replace(os.sep, "/")
+        else:
+            ps = [q for q in s.split("/") if q]
+            anchors = [i for i, q in enumerate(ps) if q in {bare_dir or "SARimages", *IMAGE_FOLDERS}]
+            if not (rebase and anchors):
+                hint = "; or re-root it at its image folder: `sarlang-convert check|convert|release --rebase` (Python: rebase=True)" if anchors else ""
+                raise SarlangError(f"image path {image!r} is absolute and not inside the dataset root {str(root) if root else '(none given)'}; records must use paths relative to the root{hint}", path, row)
+            s = "/".join(ps[anchors[-1]:])
+    parts = [q for q in s.split("/") if q and q != "."]
+    if ".." in parts: raise SarlangError(f"image path {image!r} contains '..' (it could escape the dataset root)", path, row)
+    if not parts: raise SarlangError(f"image path {image!r} names no file", path, row)
+    if len(parts) == 1 and bare_dir: parts = [bare_dir, *parts]
+    rel = "/".join(parts)
+    if root is not None and not allow_symlinks_out:
+        rootabs = os.path.abspath(root)
+        if os.path.isdir(rootabs):
+            rroot = _realdir(rootabs)
+            full = os.path.join(rootabs, *parts)
+            target = os.path.realpath(full) if os.path.islink(full) else os.path.join(_realdir(os.path.dirname(full)), parts[-1])
+            if not _inside(target, rroot):
+                raise SarlangError(f"image path {image!r} leads outside the dataset root through a symlink (to {target}); if that is intended, allow it with `sarlang-convert check|convert --allow-symlinks-out` (Python: allow_symlinks_out=True)", path, row)
+    return rel
+
+# %% ../nbs/00_core.ipynb #4f03d8ec
+_WS = re.compile(r"\s*")
+
+def _iter_json_array(f, path, chunk:int):
+    dec = json.JSONDecoder()
+    st = {"buf": "", "pos": 0, "eof": False}
+    def more():
+        s = f.read(chunk)
+        if not s: st["eof"] = True
+        st["buf"] = st["buf"][st["pos"]:] + s; st["pos"] = 0
+    def skip():
+        while True:
+            st["pos"] = _WS.match(st["buf"], st["pos"]).end()
+            if st["pos"] < len(st["buf"]) or st["eof"]: return st["pos"] < len(st["buf"])
+            more()
+    more()
+    if not skip(): raise SarlangError("empty file (no JSON)", path)
+    if st["buf"][st["pos"]] != "[": raise SarlangError("expected a JSON array of records (or JSON Lines)", path)
+    st["pos"] += 1
+    row, want_comma = 0, False
+    while True:
+        if not skip(): raise SarlangError(f"truncated JSON: the array is not closed after {row} record(s)", path, row + 1)
+        c = st["buf"][st["pos"]]
+        if c == "]": return
+        if want_comma:
+            if c != ",": raise SarlangError(f"invalid JSON after record {row}: expected ',' or ']', found {c!r}", path, row)
+            st["pos"] += 1; want_comma = False
+            if not skip() or st["buf"][st["pos"]] == "]": raise SarlangError(f"invalid JSON: trailing comma or truncated file after record {row}", path, row + 1)
+            continue
+        while True:
+            try: obj, end = dec.raw_decode(st["buf"], st["pos"]); break
+            except json.JSONDecodeError as e:
+                if st["eof"]: raise SarlangError(f"invalid JSON in this record ({e.msg})", path, row + 1) from None
+                more()
+        row += 1; st["pos"] = end; want_comma = True
+        yield row, obj
+
+def iter_json_records(path,               # a .json (array of records) or .jsonl file
+                      chunk:int=1<<20):   # characters read at a time
+    "Yield `(row, record)` from a JSON array or JSON Lines file without loading it whole; rows count from 1."
+    path = Path(path)
+    if not path.is_file(): raise SarlangError("file not found", path)
+    with open_text(path) as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if path.suffix.lower() == ".jsonl" or head.startswith("{"):
+            n = 0
+            for lineno, line in enumerate(f, 1):
+                if not line.strip(): continue
+                try: obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if n == 0 and lineno == 1 and head.startswith("{") and path.suffix.lower() != ".jsonl":
+                        raise SarlangError("expected a JSON array of records or JSON Lines (one record per line), found a single JSON object spread over lines", path) from None
+                    raise SarlangError(f"invalid JSON Lines record ({e.msg})", path, lineno) from None
+                n += 1
+                yield lineno, obj
+        else: yield from _iter_json_array(f, path, chunk)
+
+# %% ../nbs/00_core.ipynb #7d4af79a
+_ALIASES = {
+    "image": ("image", "images", "image_name", "image_path", "img", "file_name", "filename", "file", "path", "image_file"),
+    "caption": ("caption", "captions", "text", "description", "sentence", "label", "gt", "output"),
+    "question": ("question", "query", "questions", "instruction"),
+    "answer": ("answer", "answers", "gt", "ground_truth", "label", "output"),
+    "predict": ("predict", "prediction", "pred", "predicted", "output"),
+}
+_IMAGE_NAME = re.compile(r"\.(png|jpe?g|bmp|tiff?)$", re.I)
+
+def _norm_col(c): return re.sub(r"[\s\-]+", "_", str(c).strip().lower())
+
+def _pick(d:dict, key:str):
+    "The value of `key` (or its first alias present) in a CSV row dict."
+    for a in (key, *_ALIASES.get(key, ())):
+        if a in d: return d[a]
+    return None
+
+def _row_like(line:str, ncols:int, img):
+    "Whether one physical line would parse as a whole row of its own: `ncols` fields and an image name in column `img`."
+    try: vals = next(csv.reader([line]))
+    except (csv.Error, StopIteration): return False
+    return len(vals) == ncols and (img is None or bool(_IMAGE_NAME.search(vals[img].strip())))
+
+def _check_quotes(vals, start, end, ncols, img, path, row):
+    "Refuse a record (lines `start`..`end`) whose quoted field swallowed lines that look like rows of their own."
+    line = start
+    for v in vals:
+        if "\n" in v or "\r" in v:
+            eaten = [l for l in v.splitlines()[1:] if _row_like(l, ncols, img)]
+            if eaten:
+                raise SarlangError(f"an unbalanced quote: the quoted field opened on line {line} runs on to line {end} and swallows "
+                                   f"{len(eaten)} line(s) that look like rows of their own (first: {eaten[0][:60]!r}); close the "
+                                   "quote, or quote the whole field", path, row)
+        line += v.count("\n")
+
+def _check_closed(lines, vals, start, path, row):
+    "Refuse the file's last record when its quote is still open at the end of the file."
+    try: list(csv.reader(lines, strict=True))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            line = start + sum(v.count("\n") for v in vals[:-1])
+            raise SarlangError(f"an unbalanced quote: the quoted field opened on line {line} is never closed (it runs to the end "
+                               "of the file); close the quote", path, row) from None
+
+# %% ../nbs/00_core.ipynb #18d13fd8
+def iter_csv_rows(path,                         # the CSV file
+                  positional:tuple,             # column names to use when the file has no header
+                  header_keys:tuple=("image",), # a first row naming any of these (or an alias) is a header
+                  required:tuple=()):           # columns (or an alias) a header must name
+    "Yield `(row, dict)` from a CSV file with or without a header; keys are lower-case column names."
+    path = Path(path)
+    if not path.is_file(): raise SarlangError("file not found", path)
+    csv.field_size_limit(1 << 27)
+    with open_text(path, newline="") as f:
+        st = {"lines": []}               # the physical lines of the record being read
+        def lines():
+            for l in f: st["lines"].append(l); yield l
+        rd = csv.reader(lines())
+        try: first = next(rd)
+        except StopIteration: return
+        except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, 1) from None
+        last, st["lines"] = st["lines"], []
+        cols = [_norm_col(c) for c in first]
+        known = {a for k in header_keys for a in (k, *_ALIASES.get(k, ()))}
+        has_header = any(c in known for c in cols)
+        names = cols if has_header else list(positional)
+        if has_header:
+            for k in required:
+                if not any(a in cols for a in (k, *_ALIASES.get(k, ()))):
+                    raise SarlangError(f"the header row names no {k!r} column (looked for {', '.join((k, *_ALIASES.get(k, ())))}); it has {', '.join(first)}", path)
+        img = next((i for i, c in enumerate(names) if c in _ALIASES["image"]), None)
+        def make(vals, row):
+            if not has_header and len(vals) != len(positional):   # more: an unquoted comma would shift the columns
+                raise SarlangError(f"expected {len(positional)} columns ({', '.join(positional)}), found {len(vals)}"
+                                   + (" (a field with a comma must be quoted)" if len(vals) > len(positional) else ""), path, row)
+            if has_header and len(vals) != len(names):
+                raise SarlangError(f"expected {len(names)} columns as in the header, found {len(vals)}", path, row)
+            return dict(zip(names, vals))
+        row, start, vals = 0, 1, first
+        if rd.line_num > start: _check_quotes(first, start, rd.line_num, len(names), img, path, None if has_header else 1)
+        if not has_header:
+            row += 1
+            if any(v.strip() for v in first): yield row, make(first, row)
+        try:
+            while True:
+                start = rd.line_num + 1
+                try: vals = next(rd)
+                except StopIteration: break
+                last, st["lines"] = st["lines"], []
+                row += 1
+                if rd.line_num > start: _check_quotes(vals, start, rd.line_num, len(names), img, path, row)
+                if not any(v.strip() for v in vals): continue
+                yield row, make(vals, row)
+        except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, row + 1) from None
+        if last: _check_closed(last, vals, rd.line_num - len(last) + 1, path, row or None)
 
 # %% ../nbs/00_core.ipynb #6af5b251
 def run_stage(rd:RunDir,           # the run
