@@ -1,4 +1,4 @@
-"""One client for every LLM call of the project (captions, general inquiries, the VQA judge): any OpenAI-compatible endpoint, bounded concurrency, retries with backoff, a persistent cache that makes re-runs free — and a local test server that misbehaves on purpose.
+"""One client for every LLM call of the project (captions, general inquiries, the VQA judge): any OpenAI-compatible endpoint, bounded concurrency, retries with backoff, a persistent cache that makes re-runs free, tested against a local server that misbehaves on purpose.
 
 Docs: https://sarlang.github.io/sarlang-nb/llm.html.md"""
 
@@ -6,21 +6,20 @@ Docs: https://sarlang.github.io/sarlang-nb/llm.html.md"""
 
 # %% ../nbs/00b_llm.ipynb #47fc8c7e
 from __future__ import annotations
-import os, sys, json, time, random, base64, hashlib, sqlite3, asyncio, threading, mimetypes, concurrent.futures
+import os, sys, json, argparse, time, random, base64, hashlib, sqlite3, asyncio, threading, mimetypes, concurrent.futures
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
-from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from .core import SarlangError, progress
 
 # %% auto #0
-__all__ = ['normalize_request', 'endpoint_id', 'request_key', 'redact_request', 'image_part', 'user_message', 'LLMCache',
-           'LLMResult', 'check_base_url', 'LLMClient', 'acomplete_many', 'complete_many', 'complete', 'last_user_text',
-           'ChatTestServer']
+__all__ = ['normalize_request', 'endpoint_id', 'request_key', 'redact_request', 'image_part', 'user_message', 'last_user_text',
+           'LLMCache', 'LLMResult', 'check_base_url', 'endpoint_url', 'LLMClient', 'acomplete_many', 'complete_many',
+           'complete']
 
-# %% ../nbs/00b_llm.ipynb #0f893182
+# %% ../nbs/00b_llm.ipynb #02357236
 def normalize_request(item,                       # str (one user message), list of messages, or dict with "messages"
                       defaults:dict|None=None):   # options filled in when the item does not set them (e.g. temperature)
     "The request as a dict `{'messages': [...], **options}`; a malformed item raises `SarlangError`."
@@ -35,11 +34,13 @@ def normalize_request(item,                       # str (one user message), list
         if v is not None: req.setdefault(k, v)
     return req
 
+# %% ../nbs/00b_llm.ipynb #e1d08dc6
 def endpoint_id(base_url:str|None): # an OpenAI-compatible endpoint (None: OpenAI)
     "The endpoint as it enters the cache key: `host[:port]/path`, host lower-cased, no user info, no trailing slash."
     u = urlparse(base_url or "https://api.openai.com/v1")
     return u.netloc.rsplit("@", 1)[-1].lower() + u.path.rstrip("/")
 
+# %% ../nbs/00b_llm.ipynb #d0933c40
 def request_key(model:str,                  # the model name sent to the endpoint
                 request:dict,               # a normalised request
                 base_url:str|None=None):    # the endpoint it is sent to (None: OpenAI)
@@ -47,6 +48,7 @@ def request_key(model:str,                  # the model name sent to the endpoin
     s = json.dumps([endpoint_id(base_url), {"model": model, **request}], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(s.encode("utf-8")).hexdigest()
 
+# %% ../nbs/00b_llm.ipynb #cbbc5f6c
 def redact_request(request:dict): # a normalised request
     "A copy of `request` with every base64 data URL replaced by `data:<mime>;sha256=<hash>` (for storage and logs)."
     def walk(o):
@@ -58,7 +60,7 @@ def redact_request(request:dict): # a normalised request
         return o
     return walk(request)
 
-# %% ../nbs/00b_llm.ipynb #9cecd3fc
+# %% ../nbs/00b_llm.ipynb #50f4bb17
 def image_part(img,                 # a path to an image file, or the image's bytes
                mime:str|None=None,  # MIME type (default: guessed from the file name, else image/png)
                detail:str|None=None): # OpenAI's "low" / "high" / "auto"; None leaves it out
@@ -72,11 +74,22 @@ def image_part(img,                 # a path to an image file, or the image's by
     if detail: url["detail"] = detail
     return {"type": "image_url", "image_url": url}
 
+# %% ../nbs/00b_llm.ipynb #9c4fa9fb
 def user_message(text:str,          # the prompt
                  images:Iterable=()): # image paths or bytes, sent before the text
     "A user chat message with optional images."
     imgs = [image_part(i) for i in images]
     return {"role": "user", "content": [*imgs, {"type": "text", "text": text}] if imgs else text}
+
+# %% ../nbs/00b_llm.ipynb #4bc1e847
+def last_user_text(request:dict): # a chat-completions request body
+    "The text of the last user message of a request (text parts joined)."
+    for m in reversed(request.get("messages", [])):
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str): return c
+            return "\n".join(p.get("text", "") for p in c or [] if isinstance(p, dict) and p.get("type") == "text")
+    return ""
 
 # %% ../nbs/00b_llm.ipynb #cdeb78b9
 class LLMCache:
@@ -98,7 +111,11 @@ class LLMCache:
         with self._lock: row = self._db.execute("SELECT text FROM replies WHERE key=?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def put(self, key:str, model:str, request:dict, text:str): # key; model; normalised request; reply text
+    def put(self,
+            key:str,      # the `request_key`
+            model:str,    # the model that answered
+            request:dict, # the normalised request (stored redacted)
+            text:str):    # the reply text
         "Store a reply (committed at once; the request is stored redacted)."
         req = json.dumps(redact_request(request), ensure_ascii=False, sort_keys=True)
         with self._lock:
@@ -109,7 +126,7 @@ class LLMCache:
     def close(self):
         with self._lock: self._db.close()
 
-# %% ../nbs/00b_llm.ipynb #5aaee0dc
+# %% ../nbs/00b_llm.ipynb #8817ae3c
 @dataclass
 class LLMResult:
     "The outcome of one request."
@@ -131,6 +148,7 @@ def _retry_after(exc): # an openai exception
     try: return float(exc.response.headers.get("retry-after"))
     except Exception: return None
 
+# %% ../nbs/00b_llm.ipynb #1c9a8cef
 def check_base_url(url:str|None,          # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None: OpenAI)
                    flag:str="--base-url"): # where the value came from, for the message
     "`url` when it is a usable http(s) base URL (or None); otherwise a `SarlangError` saying what is wrong with it."
@@ -146,6 +164,10 @@ def check_base_url(url:str|None,          # an OpenAI-compatible endpoint, e.g. 
     if port == 0: raise bad("port 0; a port must be a number from 1 to 65535")
     return url.strip()
 
+def endpoint_url(s): # command-line text
+    "Argument type for `--base-url`: a usable http(s) base URL (see `check_base_url`), else a usage error saying why."
+    try: return check_base_url(s)
+    except SarlangError as e: raise argparse.ArgumentTypeError(str(e)) from None
 
 # %% ../nbs/00b_llm.ipynb #5ee0e63e
 class LLMClient:
@@ -204,6 +226,14 @@ def _valid(text, parse): # a reply; the caller's parse function or None
 def _status_kind(code:int): # an HTTP status
     return f"HTTP {code}" if code < 500 else "HTTP 5xx"
 
+def _server_message(e): # an `openai.APIStatusError`
+    "The endpoint's own words for an error status: the `error.message` of an OpenAI-shaped body, else the body's start."
+    b = getattr(e, "body", None)
+    if isinstance(b, dict):
+        m = b.get("error", b) if isinstance(b.get("error", b), dict) else b
+        if isinstance(m.get("message"), str) and m["message"].strip(): return m["message"].strip()[:200]
+    return str(getattr(e, "message", "") or e)[:200]
+
 async def _one(self:LLMClient, req, key, sem, slots, get_client, parse):
     "Answer one normalised request with cache key `key` (never raises for the item's own failure)."
     import openai
@@ -215,27 +245,28 @@ async def _one(self:LLMClient, req, key, sem, slots, get_client, parse):
         return _parsed(self, res, parse)
     attempt, invalid = 0, 0
     while True:
-        err, exc, retryable, kind, answered = None, None, True, None, True
+        err, exc, retryable, kind, answered = None, None, True, None, False   # answered: the endpoint sent a reply (any status)
         async with sem:
             slot = slots.pop()
             try:
                 client = get_client(slot)
                 self.stats["attempts"] += 1; res.attempts += 1
                 data = await client.post("/chat/completions", body={"model": self.model, **req}, cast_to=object)
+                answered = True
                 text = _content(data)
                 if text is None: err, kind = f"malformed reply (no message content): {str(data)[:120]!r}", "malformed reply"
-            except openai.RateLimitError as e: err, exc, kind = f"HTTP 429 rate limited", e, "HTTP 429"
+            except openai.RateLimitError as e: err, exc, kind, answered = f"HTTP 429 rate limited", e, "HTTP 429", True
             except openai.APITimeoutError as e:
-                err, kind, answered = f"timeout after {self.timeout:g} s", "timeout", False
+                err, kind = f"timeout after {self.timeout:g} s", "timeout"
                 self.stats["timeouts"] += 1
             except openai.APIConnectionError as e:
-                err, kind, answered = f"connection error: {e}", "connection", False
+                err, kind = f"connection error: {e}", "connection"
                 self.stats["connection_errors"] += 1
             except openai.APIStatusError as e:
-                err, exc, kind = f"HTTP {e.status_code}: {str(e)[:200]}", e, _status_kind(e.status_code)
+                err, exc, kind, answered = f"HTTP {e.status_code}: {_server_message(e)}", e, _status_kind(e.status_code), True
                 retryable = e.status_code >= 500 or e.status_code in (408, 409)
             except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-                err, kind = f"malformed reply: {type(e).__name__}: {str(e)[:120]}", "malformed reply"
+                err, kind, answered = f"malformed reply: {type(e).__name__}: {str(e)[:120]}", "malformed reply", True
             finally:
                 slots.append(slot)
                 if answered: self.stats["calls"] += 1; res.calls += 1   # only requests the endpoint answered
@@ -274,7 +305,7 @@ def _parsed(self, res, parse):
     return res
 
 
-# %% ../nbs/00b_llm.ipynb #c4b44909
+# %% ../nbs/00b_llm.ipynb #d4a52804
 _SLOTS_PER_CLIENT = 8
 
 async def acomplete_many(self:LLMClient,
@@ -311,120 +342,34 @@ async def acomplete_many(self:LLMClient,
     for i, j in copies: out[i] = replace(out[j], calls=0, attempts=0)
     return out
 
-def complete_many(self:LLMClient, items:list, parse=None, desc:str="LLM"): # see `acomplete_many`
+LLMClient.acomplete_many = acomplete_many
+
+# %% ../nbs/00b_llm.ipynb #23195b26
+def complete_many(self:LLMClient,
+                  items:list,       # requests: strings, message lists or dicts with "messages"
+                  parse=None,       # reply -> value; ValueError means "invalid, ask again"
+                  desc:str="LLM"):  # progress bar label
     "Synchronous `acomplete_many` (safe inside Jupyter, whose event loop is already running)."
     coro = self.acomplete_many(items, parse, desc)
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, coro).result()
 
-def complete(self:LLMClient, item, parse=None): # one request
+LLMClient.complete_many = complete_many
+
+# %% ../nbs/00b_llm.ipynb #6e701198
+def complete(self:LLMClient,
+             item,         # one request: a string, a message list or a dict with "messages"
+             parse=None):  # reply -> value; ValueError means "invalid, ask again"
     "Answer one request synchronously; returns its `LLMResult`."
     return self.complete_many([item], parse, desc="LLM")[0]
 
-LLMClient.acomplete_many, LLMClient.complete_many, LLMClient.complete = acomplete_many, complete_many, complete
+LLMClient.complete = complete
 
-# %% ../nbs/00b_llm.ipynb #26d1c327
-def last_user_text(request:dict): # a chat-completions request body
-    "The text of the last user message of a request (text parts joined)."
-    for m in reversed(request.get("messages", [])):
-        if m.get("role") == "user":
-            c = m.get("content")
-            if isinstance(c, str): return c
-            return "\n".join(p.get("text", "") for p in c or [] if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True   # headers and body are separate writes: without this, keep-alive replies wait ~40 ms for an ACK
-    def log_message(self, *a): pass
-    def _send(self, code, body, ctype="application/json", headers=()):
-        b = body.encode("utf-8") if isinstance(body, str) else body
-        self.send_response(code)
-        self.send_header("Content-Type", ctype); self.send_header("Content-Length", str(len(b)))
-        for k, v in headers: self.send_header(k, v)
-        self.end_headers(); self.wfile.write(b)
-    def do_GET(self): self._send(404, json.dumps({"error": {"message": "not found"}}))
-    def do_POST(self):
-        srv = self.server.owner
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.split("?")[0].rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
-        try: req = json.loads(body)
-        except ValueError: return self._send(400, json.dumps({"error": {"message": "request body is not JSON"}}))
-        n, fault = srv._register(req)
-        try: self._answer(srv, req, n, fault)
-        finally:
-            with srv._lock: srv.inflight -= 1
-    def _answer(self, srv, req, n, fault):
-        lat = srv.latency(n) if callable(srv.latency) else srv.latency
-        if lat: time.sleep(lat)
-        if fault == "hang": time.sleep(srv.hang)
-        err = lambda code, msg: self._send(code, json.dumps({"error": {"message": msg, "type": "server_error", "code": code}}))
-        if fault == "429": return self._send(429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests"}}), headers=[("Retry-After", "0")])
-        if fault in ("500", "503"): return err(int(fault), "The server had an error")
-        if fault in ("400", "401"): return err(int(fault), "Bad request" if fault == "400" else "Incorrect API key provided")
-        if fault == "junk": return self._send(200, "<html><body>502 Bad Gateway (junk)</body></html>", "text/html")
-        if fault == "badjson": return self._send(200, '{"id": "x", "choices": [{"message": {"content": "tru')
-        if fault == "nochoices": return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": req.get("model"), "choices": []}))
-        try: text = srv.reply(req)
-        except Exception as e: return err(500, f"reply function failed: {e}")
-        self._send(200, json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.get("model", "test"), "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024   # the listen backlog: many clients connecting at once must not be refused
-    def handle_error(self, request, client_address):   # a client that hung up (e.g. after its timeout) is no error
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)): super().handle_error(request, client_address)
-
-class ChatTestServer:
-    "A local OpenAI-compatible chat-completions server with injectable latency and faults (for tests and benches)."
-    def __init__(self,
-                 reply:Callable[[dict], str]|None=None, # request body -> assistant text (default: "ok")
-                 latency=0.0,          # seconds before each answer, or a function of the request number
-                 p429:float=0.0,       # probability of a 429 reply
-                 p500:float=0.0,       # probability of a 500 reply
-                 pjunk:float=0.0,      # probability of a 200 reply with an HTML (non-JSON) body
-                 fault:Callable|None=None, # (n, request) -> fault name or None; overrides the probabilities
-                 seed:int=0,           # seed of the fault draws
-                 hang:float=5.0,       # seconds a "hang" fault waits
-                 port:int=0):          # port on 127.0.0.1 (0: a free one)
-        self.reply = reply or (lambda req: "ok")
-        self.latency, self.p429, self.p500, self.pjunk, self.fault, self.hang = latency, p429, p500, pjunk, fault, hang
-        self._rng, self._lock, self.port = random.Random(seed), threading.Lock(), port
-        self.requests, self.outcomes, self.log, self._httpd = 0, Counter(), [], None
-        self.inflight = self.max_inflight = 0
-
-    def _register(self, req):
-        with self._lock:
-            self.requests += 1; n = self.requests
-            self.inflight += 1; self.max_inflight = max(self.max_inflight, self.inflight)
-            self.log.append(req)
-            if self.fault is not None: f = self.fault(n, req)
-            else:
-                u = self._rng.random()
-                f = "429" if u < self.p429 else "500" if u < self.p429 + self.p500 else "junk" if u < self.p429 + self.p500 + self.pjunk else None
-            self.outcomes[f or "ok"] += 1
-        return n, f
-
-    def reset(self):
-        "Zero the counters and the log."
-        with self._lock: self.requests, self.outcomes, self.log, self.max_inflight = 0, Counter(), [], 0
-
-    def start(self):
-        "Start serving in a daemon thread; returns `self`."
-        self._httpd = _Server(("127.0.0.1", self.port), _Handler)
-        self._httpd.owner = self
-        self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-    def stop(self):
-        "Stop serving."
-        if self._httpd is not None: self._httpd.shutdown(); self._httpd.server_close(); self._httpd = None
-    @property
-    def base_url(self): return f"http://127.0.0.1:{self.port}/v1"
-    def __enter__(self): return self.start()
-    def __exit__(self, *a): self.stop()
+# %% ../nbs/00b_llm.ipynb #1130b484
+def __getattr__(name:str): # an attribute this module does not define
+    "`ChatTestServer` moved to `sarlang_nb.testing`; the old import still works, loaded only when asked for."
+    if name == "ChatTestServer":
+        from sarlang_nb.testing import ChatTestServer
+        return ChatTestServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

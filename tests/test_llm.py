@@ -3,7 +3,8 @@ import os, sys, time, json, subprocess
 from pathlib import Path
 import pytest
 from sarlang_nb.core import SarlangError
-from sarlang_nb.llm import LLMClient, LLMCache, ChatTestServer, last_user_text, user_message, request_key, normalize_request
+from sarlang_nb.llm import LLMClient, LLMCache, last_user_text, user_message, request_key, normalize_request
+from sarlang_nb.testing import ChatTestServer
 
 os.environ.setdefault("SARLANG_PROGRESS", "0")
 
@@ -176,3 +177,25 @@ def test_error_kind_names_the_cause():
     with ChatTestServer() as srv:
         r = LLMClient("m", srv.base_url).complete("x", parse=lambda t: int(t))
         assert r.error_kind == "invalid reply"
+
+
+def test_error_carries_the_servers_message():
+    "A client error says the status and what the endpoint said about it, not only the class of error."
+    with ChatTestServer(fault=lambda n, req: "401") as srv:
+        r = LLMClient("m", srv.base_url, backoff=0.001).complete("x")
+    assert r.error == "HTTP 401: Incorrect API key provided"
+
+def test_no_call_counted_when_no_request_was_sent(monkeypatch):
+    "A refused start (no key for OpenAI) sends nothing: `calls` stays 0."
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cl = LLMClient("m")
+    with pytest.raises(SarlangError, match="OPENAI_API_KEY"): cl.complete("x")
+    assert cl.stats["calls"] == 0
+
+def test_chat_test_server_moved_but_old_import_works():
+    import sarlang_nb.llm as L, sarlang_nb.testing as T
+    from sarlang_nb.llm import ChatTestServer as Old
+    assert Old is T.ChatTestServer and "ChatTestServer" not in L.__all__
+    with pytest.raises(AttributeError, match="NoSuch"): L.NoSuch
+    r = subprocess.run([sys.executable, "-c", "import sys, sarlang_nb.llm; print('sarlang_nb.testing' in sys.modules)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr                 # importing the client does not load the fixtures
