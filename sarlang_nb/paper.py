@@ -11,13 +11,16 @@ from pathlib import Path
 from .core import SarlangError, RunDir, atomic_write, write_json, read_json, open_text, repo_root, sarlang_home
 
 # %% auto #0
-__all__ = ['PAPER_REF', 'PAPER_TABLES', 'MODEL_FAMILY', 'MODE_STRATEGY', 'SMOKE_WHY', 'TOKENISATION', 'STATED', 'REQUIRES',
+__all__ = ['REQUIRES', 'PAPER_REF', 'PAPER_TABLES', 'MODEL_FAMILY', 'MODE_STRATEGY', 'SMOKE_WHY', 'TOKENISATION', 'STATED',
            'FIGURE_NAMES', 'paper_data_dir', 'PaperTable', 'paper_table', 'paper_table3_values', 'run_settings',
-           'model_weights', 'not_comparable', 'md_table', 'settings_block', 'csv_text', 'Section', 'section_markdown',
-           'write_section', 'read_metrics', 'table3_section', 'table4_section', 'table6_section', 'table7_section',
-           'table8_section', 'table9_section', 'table10_section', 'table11_section', 'qualitative_examples',
-           'plot_qualitative', 'plot_preprocessing', 'training_logs', 'plot_training', 'make_demo_run',
+           'model_weights', 'not_comparable', 'make_demo_run', 'md_table', 'settings_block', 'csv_text', 'Section',
+           'section_markdown', 'write_section', 'read_metrics', 'table3_section', 'table4_section', 'table6_section',
+           'table7_section', 'table8_section', 'table9_section', 'table10_section', 'table11_section',
+           'qualitative_examples', 'plot_qualitative', 'plot_preprocessing', 'training_logs', 'plot_training',
            'default_paper_figures', 'run_stage', 'paper_command', 'main']
+
+# %% ../nbs/15_paper.ipynb #88e86380
+REQUIRES = ("06_captions", "07_splits", "08_similarity", "12_metrics", "13_gradcam", "14_retrieval")   # Fig. 9 and the SAR-TEXT table too
 
 # %% ../nbs/15_paper.ipynb #baabb24f
 PAPER_REF = "Wei et al., SARLANG-1M (IEEE TGRS 2026, arXiv 2504.03254)"
@@ -74,6 +77,7 @@ PAPER_TABLES = {
                     caveats=("Table 11's numbers are absent from the extracted text; the prose gives 9,220 labels (OpenEarthMap-SAR test images), QWEN2.5-VL-3B without fine-tuning, and a gain of 2.81.",)),
 }
 
+# %% ../nbs/15_paper.ipynb #d9dadfae
 def paper_data_dir():
     "The folder of the published tables (`sarlang_nb/paper_data`, package data)."
     return sarlang_home()/"paper_data"
@@ -81,14 +85,23 @@ def paper_data_dir():
 # %% ../nbs/15_paper.ipynb #874f0e1d
 class PaperTable(list):
     "The rows (dicts, in the paper's order) of one published table, with its `name`, `title`, `columns`, `units`, `caveats`, `file`."
-    def __init__(self, rows, name, title, columns, units, caveats, file):
+    def __init__(self,
+                 rows,    # the table's rows (dicts), in the paper's order
+                 name,    # its key, e.g. "table7"
+                 title,   # the paper's caption
+                 columns, # column names, in order
+                 units,   # {column: unit}
+                 caveats, # what to know before comparing with it
+                 file):   # the CSV it was read from
         super().__init__(rows)
         self.name, self.title, self.columns, self.units, self.caveats, self.file = name, title, list(columns), dict(units), list(caveats), file
-    def where(self, **kw): # column=value filters (all must hold)
+    def where(self,
+              **kw): # column=value filters (all must hold)
         "The rows whose columns equal the given values."
         return [r for r in self if all(r.get(k) == v for k, v in kw.items())]
     def __repr__(self): return f"PaperTable({self.name!r}, {self.title!r}, {len(self)} rows)"
 
+# %% ../nbs/15_paper.ipynb #c1ef4257
 def _table_key(name): # "table7", "Table 7", "7", 7 or a file stem like "table7_captioning"
     m = re.fullmatch(r"(?:table\s*)?(\d{1,2})(?:_\w+)?", str(name).strip().lower())
     key = f"table{int(m.group(1))}" if m else None
@@ -135,6 +148,7 @@ def _params_value(s): # "7B", "129M", "1.3B"
     m = re.fullmatch(r"([\d.]+)\s*([MB])", str(s or "").strip(), re.I)
     return float(m.group(1))*(1e9 if m.group(2).upper() == "B" else 1e6) if m else None
 
+# %% ../nbs/15_paper.ipynb #2d476ef7
 def run_settings(rd): # a RunDir
     "What every table states: profile, data, models with their weights, judge, tokenisation (from the config and the metric files)."
     cfg = rd.config
@@ -144,7 +158,9 @@ def run_settings(rd): # a RunDir
     return dict(profile=cfg.get("profile", "smoke"), data=data, provenance=prov, models=list(cfg.get("models") or []),
                 judge=cfg.get("judge"), config_file=str(rd.config_file))
 
-def model_weights(rd, model): # a RunDir; our model name
+# %% ../nbs/15_paper.ipynb #a5ffa630
+def model_weights(rd,     # a RunDir
+                  model): # our model name
     "The weights a model ran with, in words, and the paper's size it matches (`None` when unknown)."
     p = rd.model_path(model)
     info = rd.models(model)/"lora"/"sarlang_finetune.json"
@@ -155,6 +171,7 @@ def model_weights(rd, model): # a RunDir; our model name
     size = min(sizes, key=lambda s: abs(math.log(_params_value(s)/n))) if n and sizes else None
     return f"{p}" + (f" ({n/1e9:.2f} B parameters)" if n else ""), size
 
+# %% ../nbs/15_paper.ipynb #01d31b75
 def not_comparable(rd,                 # a RunDir
                    models=(),          # our model names the table shows
                    judge=None,         # the VQA judge of the numbers (None: not a VQA table)
@@ -170,6 +187,45 @@ def not_comparable(rd,                 # a RunDir
     if tokenize is not None and tokenize != "official":
         why.append(f"tokenisation {tokenize!r}: the paper's scores come from the authors' script (`official`, no tokenizer)")
     return why
+
+# %% ../nbs/15_paper.ipynb #5b83d9e2
+def make_demo_run(path,                       # the run folder to create
+                  models=("qwen2-vl", "blip"), # model names
+                  ablation:bool=True):        # also write `zero-shot-raw` / `lora-raw` metrics
+    "A tiny made-up run (smoke profile) with what stages 06-12 write: config, manifests, tables, metrics, predictions, trainer state."
+    from PIL import Image
+    rd = RunDir(path).create()
+    rd.write_config({"profile": "smoke", "n_scenes": 3, "scene_size": 32, "seed": 0, "models": list(models), "judge": "rules", "model_paths": {},
+                     "description": "made-up demo run (sarlang_nb.paper.make_demo_run): its numbers mean nothing"})
+    Image.new("L", (32, 32), 128).save(rd.sar_images/"0000001.png")
+    atomic_write(rd.tables/"table3_similarity.csv", "dataset,collection,modality,features,N,mean,variance,source\n"
+                 "this run (smoke),SAR images,image,pixel statistics (not VGG16),3,0.5,0.01,this run\n")
+    atomic_write(rd.tables/"table4_applications.csv", "application,samples\nimage description,2\nobject identification,4\n")
+    atomic_write(rd.tables/"table6_splits.csv", "item,train,test,total,test share\ncaption images,2,1,3,33.3%\n")
+    vq = [dict(image="SARimages/0000001.png", question="Is there any ship in this image?", label="Yes", application="object identification"),
+          dict(image="SARimages/0000001.png", question="How many ships are in the image?", label="2", application="instance counting")]
+    for i, m in enumerate(models):
+        for j, mode in enumerate(["zero-shot", "lora"] + (["zero-shot-raw", "lora-raw"] if ablation else [])):
+            acc = round(0.2 + 0.3*(j % 2) + 0.05*i - (0.05 if mode.endswith("raw") else 0), 4)
+            per = {"object identification": {"n": 1, "correct": 1, "accuracy": 1.0}, "instance counting": {"n": 1, "correct": 0, "accuracy": 0.0}}
+            write_json(rd.metrics/f"vqa_{m}_{mode}.json", dict(accuracy=acc, n=2, correct=1, judge="rules", judge_model=None, unjudged=0,
+                                                              per_group=per, model=m, mode=mode))
+            atomic_write(rd.metrics/f"vqa_{m}_{mode}.csv", "file,row,image,application,qtype,question,gt,predict,correct,how,judge_reply\n"
+                         + "".join(f"p,{k+1},{v['image']},{v['application']},,{v['question']},{v['label']},x,{int(k == 0)},exact,\n" for k, v in enumerate(vq)))
+            for s, style in enumerate(("complex", "concise")):
+                write_json(rd.metrics/f"captions_{m}_{mode}_{style}.json", dict(Bleu_1=acc, Bleu_2=acc/2, Bleu_3=acc/3, Bleu_4=acc/4, ROUGE_L=acc,
+                           CIDEr=acc*(1 + s), tokenize="official", n=1, model=m, mode=mode, style=style))
+            if mode in MODE_STRATEGY:
+                d = rd.predictions(m, mode); d.mkdir(parents=True, exist_ok=True)
+                rows = [dict(prompt=f"<image>Question: {v['question']}. Answer the question concisely.", predict=f"{mode} answer {k}", label=v["label"],
+                             image=v["image"], application=v["application"], question=v["question"], kind="vqa", style="") for k, v in enumerate(vq)]
+                rows.append(dict(prompt="<image>Describe the content of this image in one sentence.", predict=f"a {mode} caption", label="A harbour with ships.",
+                                 image="SARimages/0000001.png", application="image description", question="", kind="caption", style="concise"))
+                atomic_write(d/"generated_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        ck = rd.models(m)/"lora"/"checkpoints"/"checkpoint-4"
+        write_json(ck/"trainer_state.json", {"log_history": [dict(step=s, loss=3.0/s, learning_rate=1e-4*s/4) for s in (1, 2, 3, 4)] + [{"train_runtime": 1.0, "step": 4}]})
+    for s in REQUIRES: rd.write_manifest(s, [], data="made up (demo)")
+    return rd
 
 # %% ../nbs/15_paper.ipynb #42b2f250
 def _pct(x): return None if x is None else round(100*x, 4)
@@ -191,11 +247,15 @@ def md_table(rows:list,        # dicts
     out += ["| " + " | ".join(_fmt(r.get(c), nd) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
+# %% ../nbs/15_paper.ipynb #59f880a1
 def settings_block(settings:dict): # {what: value}
     "The settings a table states, as a Markdown list."
     return "".join(f"- **{k}**: {v}\n" for k, v in settings.items() if v not in (None, "", [])) + "\n"
 
-def csv_text(rows:list, cols:list, extra:dict|None=None): # dicts; columns; settings repeated on every row
+# %% ../nbs/15_paper.ipynb #565c231e
+def csv_text(rows:list,             # dicts
+             cols:list,             # columns
+             extra:dict|None=None): # settings repeated on every row
     "CSV of `rows` (floats as Python reprs), each row carrying `extra`."
     buf = io.StringIO(); extra = extra or {}
     w = csv.DictWriter(buf, [*cols, *extra], lineterminator="\n", extrasaction="ignore"); w.writeheader()
@@ -208,7 +268,18 @@ STATED = {"profile": "n/a", "data": "n/a", "N": "n/a", "models": "n/a (no model 
 
 class Section:
     "One output table: what it is, its settings, our rows, the paper's rows, and what is missing."
-    def __init__(self, key, title, settings, cols, ours=(), paper=(), paper_cols=None, why=(), notes=(), missing=(), extra=()):
+    def __init__(self,
+                 key,             # file stem, e.g. "paper_table7_captioning"
+                 title,           # the table's heading
+                 settings,        # {what: value} the table states (`run_settings` and more)
+                 cols,            # columns of our rows
+                 ours=(),         # our rows (dicts)
+                 paper=(),        # the published rows (dicts)
+                 paper_cols=None, # columns of the published rows (default: `cols`)
+                 why=(),          # why the run cannot stand beside the paper (empty: it can)
+                 notes=(),        # notes under the table
+                 missing=(),      # inputs the run lacks, each naming the stage that writes it
+                 extra=()):       # more blocks: (subtitle, rows, cols)
         self.key, self.title, self.settings, self.cols = key, title, dict(settings), list(cols)
         self.ours, self.paper, self.paper_cols, self.why = list(ours), list(paper), list(paper_cols or cols), list(why)
         self.notes, self.missing, self.extra = list(notes), list(missing), list(extra)   # extra: (subtitle, rows, cols) blocks
@@ -217,6 +288,7 @@ class Section:
     @property
     def comparable(self): return not self.why
 
+# %% ../nbs/15_paper.ipynb #5a6b461c
 def section_markdown(s:Section): # a Section
     "The Markdown of a table: title, settings, our rows (beside the paper's when comparable), deltas, notes, what is missing."
     out = [f"## {s.title}\n", settings_block({**s.settings, "comparable with the paper": "yes" if s.comparable else "not comparable: " + "; ".join(s.why)})]
@@ -231,7 +303,9 @@ def section_markdown(s:Section): # a Section
     if s.notes: out.append("\n" + "".join(f"- {n}\n" for n in s.notes))
     return "\n".join(x.rstrip("\n") + "\n" for x in out)
 
-def write_section(s:Section, folder): # a Section; the tables folder
+# %% ../nbs/15_paper.ipynb #3b4db50f
+def write_section(s:Section, # a Section
+                  folder):   # the tables folder
     "Write `<key>.md` and `<key>.csv` (our rows, then the paper's, each row with the settings); returns the paths."
     folder = Path(folder)
     md = atomic_write(folder/f"{s.key}.md", section_markdown(s))
@@ -272,7 +346,8 @@ def _num(v):
     try: return int(s) if re.fullmatch(r"-?\d+", s) else float(s)
     except ValueError: return v
 
-def table3_section(rd, st): # a RunDir; its settings
+def table3_section(rd,  # a RunDir
+                   st): # its settings (`run_settings`)
     "Table 3: the run's overall similarities (stage 08) and the paper's 13 published pairs."
     f = Path(rd.tables)/"table3_similarity.csv"
     paper = [dict(source="paper", dataset=d, modality=m, features="VGG16" if m == "image" else "Sentence-BERT", N=n, mean=a, variance=b)
@@ -295,7 +370,9 @@ def table3_section(rd, st): # a RunDir; its settings
     s.nd = 4
     return s
 
-def table4_section(rd, st): # a RunDir; its settings
+# %% ../nbs/15_paper.ipynb #a56ff856
+def table4_section(rd,  # a RunDir
+                   st): # its settings (`run_settings`)
     "Table 4: samples per application (stage 06) beside the paper's."
     f = Path(rd.tables)/"table4_applications.csv"
     paper = [dict(source="paper", application=r["application"], samples=r["n_samples"]) for r in paper_table(4)]
@@ -309,7 +386,9 @@ def table4_section(rd, st): # a RunDir; its settings
     return Section("paper_table4_applications", "Table 4: applications", sett, ["application", "samples"], ours, paper, why=why,
                    notes=["The run counts every generated sample (train and test); the paper counts the release."])
 
-def table6_section(rd, st): # a RunDir; its settings
+# %% ../nbs/15_paper.ipynb #ff6fdc63
+def table6_section(rd,  # a RunDir
+                   st): # its settings (`run_settings`)
     "Table 6: the split statistics (stage 07) beside the paper's."
     f = Path(rd.tables)/"table6_splits.csv"
     paper = [dict(source="paper", item=f"{r['benchmark']}: {r['text_type']}", train=r["n_train"], test=r["n_test"]) for r in paper_table(6)]
@@ -337,7 +416,9 @@ def _paper_deltas(table, keycols, scores):
                           **{s: round(r[s] - z[0][s], 2) for s in scores}})
     return out
 
-def table7_section(rd, st, caps): # a RunDir; its settings; from `read_metrics`
+def table7_section(rd,    # a RunDir
+                   st,    # its settings (`run_settings`)
+                   caps): # caption metrics, from `read_metrics`
     "Table 7: BLEU-1..4, ROUGE_L, CIDEr (x100) per model, mode and caption style, with the LoRA - zero-shot deltas."
     cols = ["caption type", "model", "weights", "train strategy", "N", *_SCORES]
     main = {k: v for k, v in caps.items() if k[1] in MODE_STRATEGY}
@@ -392,7 +473,9 @@ def _rules_note(reps):
     return out + [f"{r.get('model')} {r.get('mode')}: {r['caveat']}" for r in reps if r.get("caveat") and
                   any(r.get(k) for k in ("failed_rows", "skipped_rows", "llm_errors", "invalid"))]
 
-def table8_section(rd, st, vqa): # a RunDir; its settings; from `read_metrics`
+def table8_section(rd,   # a RunDir
+                   st,   # its settings (`run_settings`)
+                   vqa): # VQA metrics, from `read_metrics`
     "Table 8: overall VQA accuracy (%) per model and mode, LoRA - zero-shot, and accuracy per application."
     main = {k: v for k, v in vqa.items() if k[1] in MODE_STRATEGY}
     models = _models_in(main, st["models"])
@@ -444,7 +527,10 @@ def _model_rows_on(rd, key, vqa):
         out[(m, mode)] = (sum(hits.values()), len(hits), len(want))
     return out
 
-def table9_section(rd, st, vqa, human=None): # a RunDir; settings; from `read_metrics`; the kit's folder (default RUN/human)
+def table9_section(rd,          # a RunDir
+                   st,          # its settings (`run_settings`)
+                   vqa,         # VQA metrics, from `read_metrics`
+                   human=None): # the kit's folder (default RUN/human)
     "Table 9: the models and the people (expert, lay) on the kit's 30 questions, with 95 % Wilson intervals."
     from sarlang_nb.human import wilson, separation_note
     hd = Path(human) if human else rd.path/"human"
@@ -517,7 +603,9 @@ _ABLATION_MISSING = ("no ablation metrics (metrics/*_<model>_<mode>-raw*.json): 
                      "predictions/<model>/<mode>-raw/ on the raw images (and <mode>-pre/ on the same subset when it is not the whole test set), "
                      "then stage 12_metrics scores them")
 
-def table10_section(rd, st, caps): # a RunDir; settings; from `read_metrics`
+def table10_section(rd,    # a RunDir
+                    st,    # its settings (`run_settings`)
+                    caps): # caption metrics, from `read_metrics`
     "Table 10: caption scores on raw vs preprocessed images, and the preprocessed - raw deltas beside the paper's."
     pairs = _sorted_pairs([p for p in _ablation_pairs(caps) if p[3]], st["models"], by_style=True)
     models = list(dict.fromkeys(p[0] for p in pairs))
@@ -550,7 +638,10 @@ def table10_section(rd, st, caps): # a RunDir; settings; from `read_metrics`
     return Section("paper_table10_preprocessing_captions", "Table 10: preprocessing ablation, captioning", sett, cols, ours, paper, why=why,
                    notes=notes, missing=[] if pairs else [_ABLATION_MISSING], extra=extra if pairs else [])
 
-def table11_section(rd, st, vqa): # a RunDir; settings; from `read_metrics`
+# %% ../nbs/15_paper.ipynb #e13f4e91
+def table11_section(rd,   # a RunDir
+                    st,   # its settings (`run_settings`)
+                    vqa): # VQA metrics, from `read_metrics`
     "Table 11: VQA accuracy on raw vs preprocessed images; the paper states only the gain (2.81 points)."
     pairs = _sorted_pairs([p for p in _ablation_pairs(vqa) if p[3]], st["models"])
     models = list(dict.fromkeys(p[0] for p in pairs))
@@ -592,7 +683,8 @@ def _short(s, n=70):
     s = " ".join("".join(c if c.isprintable() and ord(c) < 0x2000 else "?" for c in str(s or "")).split())
     return s if len(s) <= n else s[:n - 1] + "…"
 
-def qualitative_examples(rd, n_examples:int=4): # a RunDir; VQA examples
+def qualitative_examples(rd,               # a RunDir
+                         n_examples:int=4): # VQA examples (one per application, as far as it goes)
     "`(examples, models)`: test rows (one per application, then a concise caption) with every model's zero-shot and LoRA answers."
     models = [m for m in _models_in([(p.parent.name,) for p in (rd.path/"predictions").glob("*/lora")], rd.config.get("models") or [])
               if _pred_rows(rd, m, "zero-shot") is not None and _pred_rows(rd, m, "lora") is not None]
@@ -619,13 +711,16 @@ def qualitative_examples(rd, n_examples:int=4): # a RunDir; VQA examples
                        gt=r.get("label"), answers=ans))
     return ex, models
 
+# %% ../nbs/15_paper.ipynb #2c46e9a9
 def _image_path(rd, rel):
     p = rd.path/rel
     if p.exists(): return p
     dr = rd.config.get("data_root")
     return Path(dr)/rel if dr and (Path(dr)/rel).exists() else None
 
-def plot_qualitative(rd, out, n_examples:int=4): # a RunDir; the PNG to write; VQA examples
+def plot_qualitative(rd,               # a RunDir
+                     out,              # the PNG to write
+                     n_examples:int=4): # VQA examples
     "Fig. 8-style figure of `qualitative_examples`; returns the path, or `None` when the run has no predictions of both modes."
     from matplotlib.figure import Figure     # no pyplot: no global backend switch, nothing left open
     from PIL import Image
@@ -656,7 +751,8 @@ def _linear_u8(a):
     a = np.asarray(a, np.float64); hi = np.percentile(a, 99) or 1.0
     return (np.clip(a/hi, 0, 1)*255).astype(np.uint8)
 
-def plot_preprocessing(rd, out): # a RunDir; the PNG to write
+def plot_preprocessing(rd,   # a RunDir
+                       out): # the PNG to write
     "Fig. 5-style panels of one raw image through the run's preprocessing; returns the path, or `None` without raw images."
     import numpy as np
     raws = {}
@@ -703,7 +799,10 @@ def training_logs(rd): # a RunDir
         if rows: out[d.parent.name] = rows
     return out
 
-def plot_training(logs:dict, out, title:str=""): # from `training_logs`; the PNG; a title
+# %% ../nbs/15_paper.ipynb #15a365ad
+def plot_training(logs:dict,     # from `training_logs`
+                  out,           # the PNG to write
+                  title:str=""): # a title
     "Loss and learning rate per logged step, one line per model; returns the path (`None` without logs)."
     if not logs: return None
     from matplotlib.figure import Figure     # no pyplot: no global backend switch, nothing left open
@@ -718,47 +817,7 @@ def plot_training(logs:dict, out, title:str=""): # from `training_logs`; the PNG
     fig.savefig(out, dpi=110)
     return Path(out)
 
-# %% ../nbs/15_paper.ipynb #5b83d9e2
-def make_demo_run(path,                       # the run folder to create
-                  models=("qwen2-vl", "blip"), # model names
-                  ablation:bool=True):        # also write `zero-shot-raw` / `lora-raw` metrics
-    "A tiny made-up run (smoke profile) with what stages 06-12 write: config, manifests, tables, metrics, predictions, trainer state."
-    from PIL import Image
-    rd = RunDir(path).create()
-    rd.write_config({"profile": "smoke", "n_scenes": 3, "scene_size": 32, "seed": 0, "models": list(models), "judge": "rules", "model_paths": {},
-                     "description": "made-up demo run (sarlang_nb.paper.make_demo_run): its numbers mean nothing"})
-    Image.new("L", (32, 32), 128).save(rd.sar_images/"0000001.png")
-    atomic_write(rd.tables/"table3_similarity.csv", "dataset,collection,modality,features,N,mean,variance,source\n"
-                 "this run (smoke),SAR images,image,pixel statistics (not VGG16),3,0.5,0.01,this run\n")
-    atomic_write(rd.tables/"table4_applications.csv", "application,samples\nimage description,2\nobject identification,4\n")
-    atomic_write(rd.tables/"table6_splits.csv", "item,train,test,total,test share\ncaption images,2,1,3,33.3%\n")
-    vq = [dict(image="SARimages/0000001.png", question="Is there any ship in this image?", label="Yes", application="object identification"),
-          dict(image="SARimages/0000001.png", question="How many ships are in the image?", label="2", application="instance counting")]
-    for i, m in enumerate(models):
-        for j, mode in enumerate(["zero-shot", "lora"] + (["zero-shot-raw", "lora-raw"] if ablation else [])):
-            acc = round(0.2 + 0.3*(j % 2) + 0.05*i - (0.05 if mode.endswith("raw") else 0), 4)
-            per = {"object identification": {"n": 1, "correct": 1, "accuracy": 1.0}, "instance counting": {"n": 1, "correct": 0, "accuracy": 0.0}}
-            write_json(rd.metrics/f"vqa_{m}_{mode}.json", dict(accuracy=acc, n=2, correct=1, judge="rules", judge_model=None, unjudged=0,
-                                                              per_group=per, model=m, mode=mode))
-            atomic_write(rd.metrics/f"vqa_{m}_{mode}.csv", "file,row,image,application,qtype,question,gt,predict,correct,how,judge_reply\n"
-                         + "".join(f"p,{k+1},{v['image']},{v['application']},,{v['question']},{v['label']},x,{int(k == 0)},exact,\n" for k, v in enumerate(vq)))
-            for s, style in enumerate(("complex", "concise")):
-                write_json(rd.metrics/f"captions_{m}_{mode}_{style}.json", dict(Bleu_1=acc, Bleu_2=acc/2, Bleu_3=acc/3, Bleu_4=acc/4, ROUGE_L=acc,
-                           CIDEr=acc*(1 + s), tokenize="official", n=1, model=m, mode=mode, style=style))
-            if mode in MODE_STRATEGY:
-                d = rd.predictions(m, mode); d.mkdir(parents=True, exist_ok=True)
-                rows = [dict(prompt=f"<image>Question: {v['question']}. Answer the question concisely.", predict=f"{mode} answer {k}", label=v["label"],
-                             image=v["image"], application=v["application"], question=v["question"], kind="vqa", style="") for k, v in enumerate(vq)]
-                rows.append(dict(prompt="<image>Describe the content of this image in one sentence.", predict=f"a {mode} caption", label="A harbour with ships.",
-                                 image="SARimages/0000001.png", application="image description", question="", kind="caption", style="concise"))
-                atomic_write(d/"generated_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        ck = rd.models(m)/"lora"/"checkpoints"/"checkpoint-4"
-        write_json(ck/"trainer_state.json", {"log_history": [dict(step=s, loss=3.0/s, learning_rate=1e-4*s/4) for s in (1, 2, 3, 4)] + [{"train_runtime": 1.0, "step": 4}]})
-    for s in REQUIRES: rd.write_manifest(s, [], data="made up (demo)")
-    return rd
-
 # %% ../nbs/15_paper.ipynb #03d05a8a
-REQUIRES = ("06_captions", "07_splits", "08_similarity", "12_metrics", "13_gradcam", "14_retrieval")   # Fig. 9 and the SAR-TEXT table too
 FIGURE_NAMES = {"fig5": "fig5_preprocessing_steps.png", "fig8": "fig8_qualitative.png", "training": "fig_training_curves.png"}
 
 def default_paper_figures():
@@ -773,6 +832,7 @@ def _copy_into(files, dest):
         atomic_write(dest/Path(f).name, Path(f).read_bytes()); out.append(dest/Path(f).name)
     return out
 
+# %% ../nbs/15_paper.ipynb #7850e931
 def run_stage(rd,                        # a RunDir
               paper_figures="auto",      # copy the outputs here; "auto": the checkout's paper_figures/ (none for a wheel install); None: no copy
               human=None,                # the human kit's folder (default RUN/human)
@@ -830,6 +890,7 @@ def paper_command(run:str,                 # the run folder
     outs = run_stage(rd, paper_figures=paper_figures, human=human, n_examples=n_examples)
     for o in outs: print(o)
 
+# %% ../nbs/15_paper.ipynb #95580158
 def main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-paper`."
     from sarlang_nb.cli import command
