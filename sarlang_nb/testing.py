@@ -8,7 +8,53 @@ Docs: https://sarlang.github.io/sarlang-nb/testing.html.md"""
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['ChatTestServer']
+__all__ = ['demo_dataset', 'ChatTestServer']
+
+# %% ../nbs/95_testing.ipynb #28c753c3
+from pathlib import Path
+import numpy as np
+from PIL import Image
+
+def _demo_sar_image(rng, n_obj:int, cls:str, size:int=112):
+    img = rng.gamma(1.0, 0.05, (size, size))                       # speckled dark water (ENL 1)
+    for _ in range(n_obj):
+        y, x = rng.integers(12, size - 12, 2)
+        if cls == "ship":
+            if rng.random() < .5: img[y-2:y+3, x-8:x+8] += 1.5
+            else: img[y-8:y+8, x-2:x+3] += 1.5
+        else: img[y-1:y+2, x-9:x+9] += 1.5; img[y-9:y+9, x-1:x+2] += 1.5
+    img = img*rng.gamma(4.0, .25, img.shape)                        # multiplicative speckle on the targets
+    return Image.fromarray((np.clip(np.sqrt(img)/1.3, 0, 1)*255).astype(np.uint8))
+
+# %% ../nbs/95_testing.ipynb #ae6cd721
+def demo_dataset(root,            # dataset root to write (SARimages/, Text/)
+                 n_images:int=60, # images (70% train, 30% test)
+                 seed:int=0):     # random seed
+    "Write a demo SAR VQA/caption set in the release layout; returns the paths of the text files."
+    from sarlang_nb import formats
+    root = Path(root); rng = np.random.default_rng(seed)
+    vqa = {"train": [], "test": []}; caps = {"train": [], "test": []}
+    for i in range(n_images):
+        split = "train" if i < int(.7*n_images) else "test"
+        cls = "ship" if rng.random() < .7 else "aircraft"; k = int(rng.integers(0, 5)) if cls == "ship" else int(rng.integers(1, 3))
+        iid = f"{9000000 + i:07d}"; rel = f"SARimages/demo_{iid}.png"
+        (root/"SARimages").mkdir(parents=True, exist_ok=True); _demo_sar_image(rng, k, cls).save(root/rel)
+        base = dict(image=rel, source="paired", image_id=iid, split=split)
+        vqa[split] += [dict(base, question=f"How many {cls}s are there in the image", answer=str(k), application="instance counting"),
+                       dict(base, question="Is there any ship in the image", answer="yes" if cls == "ship" and k else "no", application="object identification"),
+                       dict(base, question="What is the category of the objects", answer=cls if k else "none", application="object classification")]
+        cap = (f"There are {k} ships on the dark sea surface." if cls == "ship" and k != 1 else
+               "There is one ship on the dark sea surface." if cls == "ship" else
+               f"{'One aircraft is' if k == 1 else f'{k} aircraft are'} parked on the apron.")
+        caps[split].append(dict(base, caption=cap, style="concise"))
+    files = {}
+    for s in ("train", "test"):
+        files[f"vqa_{s}"] = root/"Text"/"VQA"/s/f"SARVQA2_{s}.json"
+        formats.write_json_records(files[f"vqa_{s}"], vqa[s], jsonl=False)
+    files["caption_train"] = root/"Text"/"caption"/"Caption-training.csv"
+    files["caption_test_concise"] = root/"Text"/"caption"/"Caption_test1.csv"
+    formats.write_caption_csv(files["caption_train"], caps["train"]); formats.write_caption_csv(files["caption_test_concise"], caps["test"])
+    return files
 
 # %% ../nbs/95_testing.ipynb #fc091e3c
 import json, random, sys, threading, time
