@@ -7,19 +7,23 @@ Docs: https://sarlang.github.io/sarlang-nb/metrics.html.md"""
 # %% ../nbs/12_metrics.ipynb #0d0e5237
 from __future__ import annotations
 import os, re, sys, csv, json, io, math, time, argparse, contextlib, shutil, tempfile
+from typing import Annotated
+from fastcore.script import store_true
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from .core import SarlangError, write_json, atomic_writer, read_json, open_run, progress, open_text, check_output_file
-from .llm import LLMClient, check_base_url
+from .llm import LLMClient, check_base_url, endpoint_url
+from .cli import command, positive_int, positive_float, EXIT_PARTIAL
 from .formats import (row_kind, _VQA_PROMPT_RE, iter_json_records, read_vqa_result, guess_application, strip_image_tokens,
                                 iter_captions, CAPTION_PROMPT, APPLICATIONS)
 
 # %% auto #0
-__all__ = ['CAPTION_KEYS', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'REQUIRES', 'read_caption_items',
-           'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'captions_main', 'question_from_prompt',
-           'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer', 'rule_judgement',
-           'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa', 'metric_line',
-           'vqa_table', 'plot_accuracy', 'judge_failure_message', 'vqa_main', 'evaluate_run', 'run_stage']
+__all__ = ['CAPTION_KEYS', 'captions_main', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'vqa_main', 'REQUIRES',
+           'read_caption_items', 'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'eval_captions',
+           'question_from_prompt', 'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer',
+           'rule_judgement', 'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa',
+           'metric_line', 'vqa_table', 'plot_accuracy', 'judge_failure_message', 'non_negative_int',
+           'non_negative_float', 'eval_vqa', 'evaluate_run', 'run_stage']
 
 # %% ../nbs/12_metrics.ipynb #2b6ac3e5
 def _need_text(v, what, path, row, empty_ok=False):
@@ -152,8 +156,10 @@ def _close_meteor(m):
         with m.lock:
             m.meteor_p.stdin.close(); m.meteor_p.kill(); m.meteor_p.wait()
 
-# %% ../nbs/12_metrics.ipynb #1bff491f
-def write_per_sample_csv(path, rows:list, columns:list): # file; dicts; column order
+# %% ../nbs/12_metrics.ipynb #7d3a4e0f
+def write_per_sample_csv(path,          # the CSV file to (over)write
+                         rows:list,     # one dict per item
+                         columns:list): # the column order (keys of `rows` not in it are left out)
     "Write per-item rows as CSV atomically."
     with atomic_writer(path) as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -161,6 +167,7 @@ def write_per_sample_csv(path, rows:list, columns:list): # file; dicts; column o
         for r in rows: w.writerow(r)
     return Path(path)
 
+# %% ../nbs/12_metrics.ipynb #8f44afd6
 def evaluate_captions(pred,                   # prediction file (see `read_caption_items`)
                       refs=None,              # optional references file
                       tokenize:str|None=None, # "official" | "coco"; None: official for prediction rows, coco for COCO results
@@ -189,42 +196,29 @@ def evaluate_captions(pred,                   # prediction file (see `read_capti
         write_per_sample_csv(per_sample, rows, ["id", "row", "image", "predict", "reference", *keys])
     return summary
 
-# %% ../nbs/12_metrics.ipynb #9723a37c
-def _captions_parser():
-    p = argparse.ArgumentParser(prog="sarlang-eval-captions",
-        description="Caption metrics (pycocoevalcap BLEU-1..4, ROUGE_L, CIDEr, optional METEOR) of a prediction file. "
-                    "PRED is LLaMA-Factory's generated_predictions.jsonl, the authors' Caption_result.jsonl, our own "
-                    "prediction files (rows with 'predict' and 'label': one reference each), or COCO results "
-                    "([{image_id, caption}], with --refs a COCO captions json).")
-    p.add_argument("pred", metavar="PRED", help="the prediction file (.jsonl / .json)")
-    p.add_argument("--refs", metavar="REFS", help="references: a COCO captions json (image_id, caption) or a release caption "
-                   "file (Caption_test.csv, ...); predictions are matched to it by image (several references per image)")
-    p.add_argument("--tokenize", choices=("official", "coco"), default=None,
-                   help="official: raw strings as the authors' Evaluate_caption.py (the paper's numbers); coco: PTBTokenizer, "
-                        "the COCO convention (needs Java). Default: official for prediction rows, coco for COCO results")
-    p.add_argument("--meteor", action="store_true", help="also compute METEOR (needs Java)")
-    p.add_argument("--allow-empty", action="store_true", help="score empty predictions (they get 0) instead of refusing the file")
-    p.add_argument("--per-sample", metavar="OUT.csv", help="write every item's scores to this CSV")
-    p.add_argument("--json", metavar="OUT", help="also write the summary JSON to this file")
-    return p
+# %% ../nbs/12_metrics.ipynb #b6ce71c1
+def _print_json(obj): print(json.dumps(obj, indent=2))
 
-def captions_main(argv=None): # command-line arguments (default: sys.argv[1:])
-    "Console entry point of `sarlang-eval-captions`."
-    a = _captions_parser().parse_args(argv)
-    try:
-        for f, flag in ((a.json, "--json"), (a.per_sample, "--per-sample")):   # before the work, not after it
-            if f: check_output_file(f, flag)
-        s = evaluate_captions(a.pred, a.refs, a.tokenize, a.meteor, a.json, a.per_sample, a.allow_empty)
-    except SarlangError as e:
-        print(f"sarlang-eval-captions: error: {e}", file=sys.stderr); return 1
-    print(json.dumps(s, indent=2))
+def eval_captions(pred:Annotated[str, {"metavar": "PRED"}],  # the prediction file (.jsonl / .json)
+                  refs:Annotated[str, {"metavar": "REFS"}]=None, # references: a COCO captions json (image_id, caption) or a release caption file (Caption_test.csv, ...); predictions are matched to it by image (several references per image)
+                  tokenize:Annotated[str, {"choices": ("official", "coco")}]=None, # official: raw strings as the authors' Evaluate_caption.py (the paper's numbers); coco: PTBTokenizer, the COCO convention (needs Java). Default: official for prediction rows, coco for COCO results
+                  meteor:store_true=False,       # also compute METEOR (needs Java)
+                  allow_empty:store_true=False,  # score empty predictions (they get 0) instead of refusing the file
+                  per_sample:Annotated[str, {"metavar": "OUT.csv"}]=None, # write every item's scores to this CSV
+                  json:Annotated[str, {"metavar": "OUT"}]=None): # also write the summary JSON to this file
+    """Caption metrics (pycocoevalcap BLEU-1..4, ROUGE_L, CIDEr, optional METEOR) of a prediction file. PRED is LLaMA-Factory's generated_predictions.jsonl, the authors' Caption_result.jsonl, our own prediction files (rows with 'predict' and 'label': one reference each), or COCO results ([{image_id, caption}], with --refs a COCO captions json)."""
+    for f, flag in ((json, "--json"), (per_sample, "--per-sample")):   # before the work, not after it
+        if f: check_output_file(f, flag)
+    s = evaluate_captions(pred, refs, tokenize, meteor, json, per_sample, allow_empty)
+    _print_json(s)
     if s["failed_rows"]: print(f"sarlang-eval-captions: note: {s['failed_rows']} row(s) failed at inference (an 'error' field) and are not scored", file=sys.stderr)
     if s["duplicate_rows"]:
         first = ", ".join(f"row {r} repeats row {f}" for r, f in s["first_duplicates"][:3])
         print(f"sarlang-eval-captions: warning: {s['duplicate_rows']} duplicate row(s) ({first}); each is scored", file=sys.stderr)
-    return 0
 
-# %% ../nbs/12_metrics.ipynb #cdd68aa7
+captions_main = command(eval_captions, "sarlang-eval-captions")   # console entry point: main(argv=None) -> exit status
+
+# %% ../nbs/12_metrics.ipynb #22f27339
 _Q_RE = _VQA_PROMPT_RE
 
 def question_from_prompt(prompt:str): # LLaMA-Factory's `prompt` (templated) or a bare user turn
@@ -233,6 +227,7 @@ def question_from_prompt(prompt:str): # LLaMA-Factory's `prompt` (templated) or 
     if m: return m[-1].group("q").strip()
     return strip_image_tokens(prompt).strip()
 
+# %% ../nbs/12_metrics.ipynb #45728993
 def vqa_rows_from_records(records, # iterable of (row, dict) with predict/label (LLaMA-Factory or ours)
                           path=None): # the file, for error messages
     "VQA rows (row, image, question, gt, predict, application, qtype, guessed, error) from prediction records."
@@ -254,6 +249,7 @@ def vqa_rows_from_records(records, # iterable of (row, dict) with predict/label 
                         guessed=not (isinstance(app, str) and app), qtype=r.get("qtype") or "", failed=err))
     return out
 
+# %% ../nbs/12_metrics.ipynb #302b1447
 def _looks_like_a_row(line:str, ncols:int): # one physical line; the file's column count
     "Whether a line would parse as a whole CSV row of its own (an image-like first field and `ncols` fields)."
     try: vals = next(csv.reader([line]))
@@ -277,6 +273,7 @@ def check_csv_quotes(path,          # a CSV file
                 prev = rd.line_num
         except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, rd.line_num) from None
 
+# %% ../nbs/12_metrics.ipynb #5bb8fca3
 def read_vqa_rows(path): # generated_predictions.jsonl / .json, or the authors' VQA_result.csv
     "The VQA rows of a prediction file (caption rows skipped; rows `sarlang-infer` marked failed kept, with `failed` set)."
     path = Path(path)
@@ -292,18 +289,20 @@ def read_vqa_rows(path): # generated_predictions.jsonl / .json, or the authors' 
     for r in rows: r["skipped"] = n_all - len(rows)
     return rows
 
-
-# %% ../nbs/12_metrics.ipynb #3b1c15b5
+# %% ../nbs/12_metrics.ipynb #bd6f129a
 JUDGE_PROMPT = ("Question: {q}\nGround Truth Answer: {gt}\nPredicted Answer: {pred}\nDoes the predicted answer match the "
                 "ground truth? Answer 1 for match and 0 for not match. Use semantic meaning not exact match. Synonyms are "
                 "also treated as a match, e.g., football and soccer, playground and ground track field, building and "
                 "rooftop, pond and swimming pool. Do not explain the reason.\n")
+
+# %% ../nbs/12_metrics.ipynb #70806a0e
 EXACT_ANSWERS = frozenset(["yes", "no", *map(str, range(100))])  # ground truths judged by exact match (step 2)
 
 def normalize_answer(s:str): # a question, ground truth or prediction
     "Lower-cased and stripped (see the note on case above)."
     return s.lower().strip()
 
+# %% ../nbs/12_metrics.ipynb #15a9aa6a
 def rule_judgement(gt:str,   # normalised ground truth
                    pred:str): # normalised prediction
     "`(correct, how)`: steps (1) containment and (2) exact yes/no/0-99 of the authors' order; `(None, None)` when the judge must decide."
@@ -311,11 +310,15 @@ def rule_judgement(gt:str,   # normalised ground truth
     if gt in EXACT_ANSWERS: return int(gt == pred), "exact"
     return None, None
 
-def judge_request(q:str, gt:str, pred:str): # normalised question, ground truth, prediction
+# %% ../nbs/12_metrics.ipynb #84f7a6a5
+def judge_request(q:str,     # the normalised question
+                  gt:str,    # the normalised ground truth
+                  pred:str): # the normalised prediction
     "The authors' judge request: one user message holding one text part, `max_tokens=100` (no temperature: the API default)."
     return {"messages": [{"role": "user", "content": [{"type": "text", "text": JUDGE_PROMPT.format(q=q, gt=gt, pred=pred)}]}],
             "max_tokens": 100}
 
+# %% ../nbs/12_metrics.ipynb #712759d4
 _WRAP = "*_`'\"()[] \t\r\n"
 
 def parse_judge(text:str): # the judge's reply
@@ -327,19 +330,23 @@ def parse_judge(text:str): # the judge's reply
     if t in ("0", "1"): return int(t)
     raise ValueError(f"not a clear 0 or 1: {text[:60]!r}")
 
-
-# %% ../nbs/12_metrics.ipynb #7df98c2b
+# %% ../nbs/12_metrics.ipynb #d36d6b52
 JUDGES = ("official", "rules", "llm")
 
 def default_cache():
     "The LLM cache used when none is given: `$SARLANG_LLM_CACHE`, else `~/.cache/sarlang-nb/llm.sqlite`."
     return Path(os.environ.get("SARLANG_LLM_CACHE") or Path.home()/".cache"/"sarlang-nb"/"llm.sqlite")
 
-def judge_client(model:str="gpt-4o-mini", base_url=None, concurrency:int=32, cache="default", **kw): # see `LLMClient`
+def judge_client(model:str="gpt-4o-mini", # the judge model
+                 base_url=None,             # its endpoint (None: $OPENAI_BASE_URL, else OpenAI)
+                 concurrency:int=32,        # requests in flight
+                 cache="default",           # cache file; "default": `default_cache()`; None: no cache
+                 **kw):                     # more `LLMClient` options (max_retries, timeout, backoff, progress)
     "The `LLMClient` set up as the authors' judge (no temperature sent; `cache='default'` -> `default_cache()`)."
     return LLMClient(model, base_url, concurrency=concurrency, cache=default_cache() if cache == "default" else cache,
                      temperature=None, **kw)
 
+# %% ../nbs/12_metrics.ipynb #66514205
 def _group_stats(rows, key):
     g = defaultdict(lambda: [0, 0])
     for r in rows:
@@ -365,6 +372,7 @@ def caveat(rep:dict): # a report of `evaluate_vqa`
     if rep.get("duplicate_rows"): parts.append(f"{_s(rep['duplicate_rows'], 'duplicate row')}, each scored")
     return "; ".join(parts) or None
 
+# %% ../nbs/12_metrics.ipynb #ff61d961
 def evaluate_vqa(rows:list,                # from `read_vqa_rows`
                  judge:str="official",     # "official", "rules" or "llm"
                  client:LLMClient|None=None, # the judge client (default: `judge_client()`), unused by "rules"
@@ -385,7 +393,7 @@ def evaluate_vqa(rows:list,                # from `read_vqa_rows`
         if c is None: ask.setdefault((q, gt, p), []).append(o)
         per.append(o)
     calls = attempts = hits = 0
-    kinds = Counter()
+    kinds, said = Counter(), {}
     if ask:
         client = client or judge_client()
         before = Counter(client.stats)
@@ -399,7 +407,7 @@ def evaluate_vqa(rows:list,                # from `read_vqa_rows`
                 else:
                     bad = res.error_kind == "invalid reply"
                     o["correct"], o["how"], o["error"] = 0, ("invalid" if bad else "error"), res.error
-                    if not bad: kinds[res.error_kind or "error"] += 1
+                    if not bad: kinds[res.error_kind or "error"] += 1; said.setdefault(res.error_kind or "error", res.error)
     hw = Counter(o["how"] for o in per)
     scored = [o for o in per if o["how"] != "failed"]
     n, correct = len(scored), sum(o["correct"] for o in scored)
@@ -412,12 +420,14 @@ def evaluate_vqa(rows:list,                # from `read_vqa_rows`
            "n_rows": len(per), "accuracy_failed_as_wrong": correct/len(per) if per else 0.0,
            "how": dict(sorted(hw.items())), "case": "lower-cased and stripped",
            "application_guessed": sum(bool(o.get("guessed")) for o in scored), "first_duplicates": dups[:10]}
+    if said: rep["judge_error_messages"] = dict(sorted(said.items()))   # the first error of each kind, in the endpoint's words
     rep["caveat"] = caveat(rep)
     if by:
         rep["by"] = by
         rep["per_group"] = _group_stats(per, by)
     return rep, per
 
+# %% ../nbs/12_metrics.ipynb #4d194fac
 def metric_line(name:str, # the metric's name (e.g. its file name)
                 m:dict):  # a VQA report or a caption summary
     "One line for a metric, its caveats beside the number: accuracy with n and the failed/unjudged/skipped counts, or BLEU-4/ROUGE_L/CIDEr."
@@ -429,6 +439,7 @@ def metric_line(name:str, # the metric's name (e.g. its file name)
     return (f"{name}: {vals} (n {m.get('n')}; {m.get('empty_predictions', 0)} empty predictions, {m.get('failed_rows', 0)} failed at inference, "
             f"{m.get('skipped_rows', 0)} skipped)")
 
+# %% ../nbs/12_metrics.ipynb #3c2bfb4e
 def vqa_table(rep:dict): # a report of `evaluate_vqa`
     "The report as a fixed-width text table (per group, then overall), with every count that qualifies the accuracy."
     groups = rep.get("per_group", {})
@@ -442,7 +453,6 @@ def vqa_table(rep:dict): # a report of `evaluate_vqa`
                  f"{rep['llm_calls']} LLM calls answered ({rep.get('llm_attempts', rep['llm_calls'])} tried), {rep['cache_hits']} from the cache")
     if rep.get("caveat"): lines.append(f"NOTE: {rep['caveat']}")
     return "\n".join(lines)
-
 
 # %% ../nbs/12_metrics.ipynb #594bd5e8
 def plot_accuracy(reports:dict,  # {label: report of `evaluate_vqa`}, e.g. {"Qwen2-VL LoRA": rep, ...}
@@ -460,34 +470,7 @@ def plot_accuracy(reports:dict,  # {label: report of `evaluate_vqa`}, e.g. {"Qwe
     ax.set_ylim(0, 1); ax.set_ylabel("accuracy"); ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/12_metrics.ipynb #a7cbcec5
-def _vqa_parser():
-    p = argparse.ArgumentParser(prog="sarlang-eval-vqa",
-        description="VQA accuracy with the SARLANG-1M authors' judge: (1) ground truth contained in the prediction -> correct; "
-                    "(2) else a yes/no or 0-99 ground truth must match exactly; (3) else an LLM judge (gpt-4o-mini) decides. "
-                    "Strings are lower-cased and stripped first. PRED is LLaMA-Factory's generated_predictions.jsonl "
-                    "(question recovered from the prompt) or the authors' VQA_result.csv (image, predict, question, GT). "
-                    "The API key comes from OPENAI_API_KEY in the environment only.")
-    p.add_argument("pred", metavar="PRED", help="the prediction file (.jsonl / .json / .csv)")
-    p.add_argument("--judge", choices=JUDGES, default="official",
-                   help="official: rules then LLM (default); rules: rules only, the rest counted wrong and reported as "
-                        "unjudged (offline); llm: every row to the LLM judge")
-    p.add_argument("--model", default="gpt-4o-mini", help="judge model (default: gpt-4o-mini, as the authors)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI); "
-                   "e.g. http://127.0.0.1:8000/v1 for vLLM or http://localhost:11434/v1 for Ollama")
-    p.add_argument("--concurrency", type=int, default=32, help="judge requests in flight (default 32)")
-    p.add_argument("--max-retries", type=int, default=6, help="retries per request on 429/5xx/timeouts/malformed replies (default 6)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per judge call (default 60)")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each retry (default 1; a 429's Retry-After wins)")
-    p.add_argument("--cache", default=None, help="judge cache (SQLite; default $SARLANG_LLM_CACHE or ~/.cache/sarlang-nb/llm.sqlite): "
-                   "a re-run makes no repeat call and a killed run resumes")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
-    p.add_argument("--by", default="application", help="group accuracy by this row field (application, qtype, or none; default application)")
-    p.add_argument("--json", metavar="OUT", help="write the JSON report here")
-    p.add_argument("--per-sample", metavar="OUT.csv", help="write every row with its judgement here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
-    return p
-
+# %% ../nbs/12_metrics.ipynb #516b8a54
 PER_ROW_COLUMNS = ["row", "image", "application", "qtype", "question", "gt", "predict", "correct", "how", "judge_reply", "error"]
 
 _HINTS = {"HTTP 401": "the endpoint refused the API key: check OPENAI_API_KEY (and the base URL)",
@@ -499,6 +482,11 @@ _HINTS = {"HTTP 401": "the endpoint refused the API key: check OPENAI_API_KEY (a
           "connection": "could not reach the endpoint: check the base URL and that the server is running",
           "malformed reply": "the endpoint's replies are not chat completions: check the base URL"}
 
+def _endpoint_said(kind, msg): # an error kind; the first error message of that kind
+    "The endpoint's own words in an `HTTP nnn: ...` error, without our retry note; None for other kinds."
+    if not (kind or "").startswith("HTTP") or not msg or ": " not in msg: return None
+    return re.sub(r" \(gave up after \d+ tries\)$", "", msg.split(": ", 1)[1]).strip() or None
+
 def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
                           cache=None,     # the judge's cache file (None: no cache)
                           timeout=None):  # the judge's timeout in seconds, for the hint
@@ -509,7 +497,8 @@ def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
         for k, v in sorted((rep.get("judge_errors") or {}).items()):
             hint = (f"no answer within the timeout ({timeout:g} s): raise --timeout or lower --concurrency" if timeout else
                     "no answer within the timeout: raise --timeout or lower --concurrency") if k == "timeout" else _HINTS.get(k, "")
-            why.append(f"{k} x{v}" + (f" — {hint}" if hint else ""))
+            said = _endpoint_said(k, (rep.get("judge_error_messages") or {}).get(k))
+            why.append(f"{k} x{v}" + (f": the endpoint said {said!r}" if said else "") + (f" — {hint}" if hint else ""))
         parts.append(f"{rep['llm_errors']} row(s) got no judge reply ({'; '.join(why) or 'errors'})")
     if rep.get("invalid"):
         parts.append(f"{rep['invalid']} row(s) got no clear 0 or 1 from the judge (see the judge_reply column)")
@@ -520,47 +509,64 @@ def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
             f"the {done} judgement(s) received are cached in {cache}: a re-run asks only for the rows without one")
     return "; ".join(parts) + f". They count as wrong in this report; {tail}"
 
-def vqa_main(argv=None): # command-line arguments (default: sys.argv[1:])
-    "Console entry point of `sarlang-eval-vqa`."
-    a = _vqa_parser().parse_args(argv)
-    try:
-        check_base_url(a.base_url)
-        for v, flag, ok in ((a.concurrency, "--concurrency", a.concurrency >= 1), (a.max_retries, "--max-retries", a.max_retries >= 0),
-                            (a.timeout, "--timeout", a.timeout > 0 and math.isfinite(a.timeout)),
-                            (a.backoff, "--backoff", a.backoff >= 0 and math.isfinite(a.backoff))):
-            if not ok: raise SarlangError(f"{flag} {v!r} is out of range ({'>= 1' if flag == '--concurrency' else '>= 0' if flag != '--timeout' else '> 0'})")
-    except SarlangError as e:
-        print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 2
-    try:
-        for f, flag in ((a.json, "--json"), (a.per_sample, "--per-sample")):   # before the judge calls, not after them
-            if f: check_output_file(f, flag)
-        rows = read_vqa_rows(a.pred)
-        client = None
-        if a.judge != "rules":
-            client = judge_client(a.model, a.base_url, a.concurrency, None if a.no_cache else (a.cache or "default"),
-                                  max_retries=a.max_retries, timeout=a.timeout, backoff=a.backoff, progress=False if a.quiet else None)
-        rep, per = evaluate_vqa(rows, a.judge, client, None if a.by in ("none", "") else a.by)
-        rep["predictions"] = str(a.pred)
-        if a.json: write_json(a.json, rep)
-        if a.per_sample: write_per_sample_csv(a.per_sample, per, PER_ROW_COLUMNS)
-    except SarlangError as e:
-        print(f"sarlang-eval-vqa: error: {e}", file=sys.stderr); return 1
-    print(json.dumps(rep, indent=2))
-    if not a.quiet: print(vqa_table(rep), file=sys.stderr)
+# %% ../nbs/12_metrics.ipynb #e7568c10
+def non_negative_int(s): # command-line text (or a number)
+    "Argument type: an integer >= 0."
+    try: v = int(s) if not isinstance(s, (bool, float)) else None
+    except (TypeError, ValueError): v = None
+    if v is None or v < 0: raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}")
+    return v
+
+def non_negative_float(s): # command-line text (or a number)
+    "Argument type: a finite number >= 0."
+    try: v = float(s)
+    except (TypeError, ValueError): v = math.nan
+    if isinstance(s, bool) or not (math.isfinite(v) and v >= 0): raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s!r}")
+    return v
+
+# %% ../nbs/12_metrics.ipynb #6858f52f
+def eval_vqa(pred:Annotated[str, {"metavar": "PRED"}], # the prediction file (.jsonl / .json / .csv)
+             judge:Annotated[str, {"choices": JUDGES}]="official", # official: rules then LLM; rules: rules only, the rest counted wrong and reported as unjudged (offline); llm: every row to the LLM judge
+             model:str="gpt-4o-mini",       # judge model (the authors': gpt-4o-mini)
+             base_url:Annotated[endpoint_url, {"metavar": "URL"}]=None, # OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI); e.g. http://127.0.0.1:8000/v1 for vLLM or http://localhost:11434/v1 for Ollama
+             concurrency:positive_int=32,   # judge requests in flight
+             max_retries:non_negative_int=6, # retries per request on 429/5xx/timeouts/malformed replies
+             timeout:positive_float=60.0,   # seconds per judge call
+             backoff:non_negative_float=1.0, # first retry wait in seconds, doubled each retry (a 429's Retry-After wins)
+             cache:str=None,                # judge cache (SQLite; default $SARLANG_LLM_CACHE or ~/.cache/sarlang-nb/llm.sqlite): a re-run makes no repeat call and a killed run resumes
+             no_cache:store_true=False,     # do not read or write a cache
+             by:str="application",          # group accuracy by this row field (application, qtype, or none)
+             json:Annotated[str, {"metavar": "OUT"}]=None, # write the JSON report here
+             per_sample:Annotated[str, {"metavar": "OUT.csv"}]=None, # write every row with its judgement here
+             quiet:store_true=False):       # no progress bar and no table
+    """VQA accuracy with the SARLANG-1M authors' judge: (1) ground truth contained in the prediction -> correct; (2) else a yes/no or 0-99 ground truth must match exactly; (3) else an LLM judge (gpt-4o-mini) decides. Strings are lower-cased and stripped first. PRED is LLaMA-Factory's generated_predictions.jsonl (question recovered from the prompt) or the authors' VQA_result.csv (image, predict, question, GT). The API key comes from OPENAI_API_KEY in the environment only. Exit status 3 when rows got no judgement."""
+    for f, flag in ((json, "--json"), (per_sample, "--per-sample")):   # before the judge calls, not after them
+        if f: check_output_file(f, flag)
+    rows = read_vqa_rows(pred)
+    client = None
+    if judge != "rules":
+        client = judge_client(model, base_url, concurrency, None if no_cache else (cache or "default"),
+                              max_retries=max_retries, timeout=timeout, backoff=backoff, progress=False if quiet else None)
+    rep, per = evaluate_vqa(rows, judge, client, None if by in ("none", "") else by)
+    rep["predictions"] = str(pred)
+    if json: write_json(json, rep)
+    if per_sample: write_per_sample_csv(per_sample, per, PER_ROW_COLUMNS)
+    _print_json(rep)
+    if not quiet: print(vqa_table(rep), file=sys.stderr)
     if rep["failed_rows"]:
         print(f"sarlang-eval-vqa: note: {rep['failed_rows']} row(s) failed at inference (an 'error' field) and are not scored; "
               f"counted as wrong the accuracy would be {rep['accuracy_failed_as_wrong']:.4f}", file=sys.stderr)
     if rep["duplicate_rows"]:
         first = ", ".join(f"row {r} repeats row {f}" for r, f in rep["first_duplicates"][:3])
         print(f"sarlang-eval-vqa: warning: {rep['duplicate_rows']} duplicate row(s) ({first}); each is scored", file=sys.stderr)
-    msg = judge_failure_message(rep, getattr(client, "cache", None) and client.cache.path, a.timeout)
+    msg = judge_failure_message(rep, getattr(client, "cache", None) and client.cache.path, timeout)
     if msg:
         print(f"sarlang-eval-vqa: {msg}", file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_PARTIAL
 
+vqa_main = command(eval_vqa, "sarlang-eval-vqa")   # console entry point: main(argv=None) -> exit status
 
-# %% ../nbs/12_metrics.ipynb #a4dad67e
+# %% ../nbs/12_metrics.ipynb #a9cf877e
 REQUIRES = ("11_inference",)
 
 def evaluate_run(rd,                        # a `RunDir`
@@ -623,6 +629,7 @@ def evaluate_run(rd,                        # a `RunDir`
                            f". The metric files are written under {rd.metrics} with these counts; fix the cause and re-run the stage")
     return outs
 
+# %% ../nbs/12_metrics.ipynb #656ce267
 def run_stage(rd,                          # a `RunDir`
               judge:str|None=None,         # VQA judge: "official", "rules" or "llm"; None -> the run's config (smoke: rules)
               judge_model:str="gpt-4o-mini", # the judge model
@@ -637,4 +644,3 @@ def run_stage(rd,                          # a `RunDir`
     shown = {o.name: metric_line(o.name, read_json(o)) for o in outputs if o.suffix == ".json"}
     rd.write_manifest("12_metrics", outputs, data=rd.provenance, judge=judge, tokenize=tokenize, metrics=shown)
     return outputs
-

@@ -3,7 +3,8 @@ import os, sys, csv, json, time, random, shutil, subprocess, contextlib, io
 from pathlib import Path
 import pytest
 from sarlang_nb.core import shared_data, RunDir, read_json
-from sarlang_nb.llm import ChatTestServer, LLMCache
+from sarlang_nb.llm import LLMCache
+from sarlang_nb.testing import ChatTestServer
 from sarlang_nb import metrics as M
 
 os.environ["SARLANG_PROGRESS"] = "0"
@@ -369,6 +370,7 @@ def test_judge_401_says_why_and_whether_cached(tmp_path, cache):
         code, out, err = run_cli(M.vqa_main, args)
     assert code == 3
     assert "HTTP 401" in err and "5 row(s)" in err
+    assert "the endpoint said 'Incorrect API key provided'" in err, err   # the status and the server's own message
     if cache: assert "cached" in err and "not cached" not in err
     else: assert "nothing is cached" in err and "answers so far are cached" not in err
     rep = read_json(tmp_path/"r.json")
@@ -479,3 +481,22 @@ def test_caption_failed_and_duplicate_rows_reported(tmp_path):
     s = json.loads(out)
     assert code == 0 and (s["n"], s["failed_rows"], s["duplicate_rows"], s["first_duplicates"]) == (2, 1, 1, [[3, 1]])
     assert "1 row(s) failed at inference" in err and "duplicate" in err
+
+
+@pytest.mark.parametrize("main, flags", [
+    (M.captions_main, ["--refs", "--tokenize", "--meteor", "--allow-empty", "--per-sample", "--json"]),
+    (M.vqa_main, ["--judge", "--model", "--base-url", "--concurrency", "--max-retries", "--timeout", "--backoff", "--cache",
+                  "--no-cache", "--by", "--json", "--per-sample", "--quiet"])])
+def test_commands_keep_their_flags(main, flags):
+    "The commands are built by sarlang_nb.cli from docments; every flag of the hand-written parsers is still there."
+    code, out, err = run_cli(main, ["--help"])
+    assert code == 0 and "PRED" in out
+    for f in flags: assert f in out, f
+
+def test_usage_errors_are_status_2(tmp_path):
+    code, out, err = run_cli(M.vqa_main, ["x.csv", "--judge", "gpt"])
+    assert code == 2 and "invalid choice: 'gpt'" in err and "Traceback" not in err
+    code, out, err = run_cli(M.captions_main, [])
+    assert code == 2 and "PRED" in err
+    code, out, err = run_cli(M.vqa_main, [tmp_path/"missing.csv", "--judge", "rules"])
+    assert code == 1 and err.startswith("sarlang-eval-vqa: error: ") and "missing.csv" in err
