@@ -12,7 +12,7 @@ from sarlang_nb.metrics import evaluate_vqa, judge_client
 
 SERVER = """
 import sys, time
-from sarlang_nb.llm import ChatTestServer
+from sarlang_nb.testing import ChatTestServer
 srv = ChatTestServer(reply=lambda req: "1" if len(req["messages"][0]["content"][0]["text"]) % 2 else "0", latency=float(sys.argv[1])).start()
 print(srv.port, flush=True)
 sys.stdin.read()          # serve until the bench closes our stdin
