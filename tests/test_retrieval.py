@@ -233,7 +233,8 @@ def test_real_sar_boxes_narrate_consistently():
     assert all((sd/"real_sar_det"/r["image"]).is_file() for r in recs)
 
 def test_llm_rewrite_is_fact_checked(world):
-    from sarlang_nb.llm import LLMClient, ChatTestServer, last_user_text
+    from sarlang_nb.llm import LLMClient, last_user_text
+    from sarlang_nb.testing import ChatTestServer
     a = sorted((world/"detection"/"Annotations").glob("*.json"))[0]
     items = [i for i in R.coco_items(a, world, R.world_landcover(world)) if i["boxes"]][:6]
     def reply(req):          # a faithful rewrite for even requests; odd ones invent a percentage
