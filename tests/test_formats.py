@@ -348,10 +348,10 @@ def test_cli_predictions_matched_to_records(tmp_path):
 
 
 def test_cli_check_goes_on_after_a_bad_path(tmp_path, capsys):
-    "check over several paths reports each bad one and still checks the rest; exit 1 when any failed."
+    "check over several paths reports each bad one and still checks the rest; exit 3 when some failed, 1 when all did."
     F.write_release(tmp_path/"rel", [_cap(1)], [_vqa(1)])
     (tmp_path/"bad.jsonl").write_text('{"image": "../x.png", "question": "q", "answer": "a"}\n')
-    assert F.main(["check", str(tmp_path/"bad.jsonl"), str(tmp_path/"missing.json"), str(tmp_path/"rel")]) == 1
+    assert F.main(["check", str(tmp_path/"bad.jsonl"), str(tmp_path/"missing.json"), str(tmp_path/"rel")]) == 3
     out, err = capsys.readouterr()
     assert "bad.jsonl row 1" in err and "missing.json: no such file or folder" in err
     assert json.loads(out)["files"]["Text/VQA/train/SARVQA1_train.json"]["records"] == 1
