@@ -212,3 +212,60 @@ def test_one_bad_image_is_reported_not_the_end_of_the_folder(tmp_path, cli):
     assert r.returncode == 3, r.stderr
     assert "skipped" in r.stderr and "broken.png" in r.stderr and "huge.png" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(r.stdout)["n"] == 4 and json.loads(r.stdout)["skipped"] == 2
+
+
+def _truncated_jpeg(path, seed=9):
+    "A JPEG whose header reads (it passes `screen_images`) but whose data stops halfway."
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), np.uint8)).save(path, quality=95)
+    b = path.read_bytes(); path.write_bytes(b[:len(b)//2])
+    return path
+
+
+def test_an_image_that_fails_to_decode_does_not_abort_the_folder(tmp_path, cli):
+    "Issue 17: a truncated JPEG passed the header check and then ended the whole command (exit 1); now it is named and skipped, exit 3."
+    _images(tmp_path/"imgs", 4)
+    _truncated_jpeg(tmp_path/"imgs"/"cut.jpg")
+    for extra in ((), ("--check",)):
+        r = cli("sarlang-similarity", "images", tmp_path/"imgs", *extra)
+        assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+        assert "skipped" in r.stderr and "cut.jpg" in r.stderr and "truncated" in r.stderr
+        out = json.loads(r.stdout)
+        assert out["n"] == 4 and out["skipped"] == 1 and out["skipped_files"] == [str(tmp_path/"imgs"/"cut.jpg")]
+    ext = S.VGG16Extractor(S.random_vgg16(0), "pool5", batch_size=2)      # the VGG16 path skips it the same way
+    failed = []
+    feats = np.concatenate(list(ext.batches(sorted((tmp_path/"imgs").glob("*")), failed=failed)))
+    assert feats.shape == (4, 512) and [p.name for p, _ in failed] == ["cut.jpg"]
+
+
+def test_table3_of_a_run_skips_an_image_that_fails_to_decode(tmp_path, cli):
+    rd = RunDir(tmp_path/"run").create()
+    _images(rd.sar_images, 5)
+    _truncated_jpeg(rd.sar_images/"0000009.jpg")
+    skipped = []
+    rows = S.table3_for_run(rd, S.image_extractor(), paper=False, skipped=skipped)
+    assert [(r["collection"], r["N"]) for r in rows] == [("SAR images (1 unreadable, skipped)", 5)]
+    assert [p.name for p, _ in skipped] == ["0000009.jpg"]
+    r = cli("sarlang-similarity", "run", rd.path)
+    assert r.returncode == 3 and "0000009.jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "SAR images (1 unreadable, skipped)" in (rd.tables/"table3_similarity.md").read_text()
+
+
+def test_a_file_named_twice_is_counted_once_and_reported(tmp_path, cli):
+    "Duplicate inputs passed silently: the same image given as a file and inside its folder was one more (identical) pair."
+    _images(tmp_path/"imgs", 4)
+    once = json.loads(cli("sarlang-similarity", "images", tmp_path/"imgs").stdout)
+    r = cli("sarlang-similarity", "images", tmp_path/"imgs", tmp_path/"imgs"/"0000001.png", tmp_path/"imgs")
+    assert r.returncode == 0, r.stderr
+    assert "5 image file(s) given more than once, counted once" in r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 4 and out["repeated"] == 5 and out["mean"] == once["mean"]
+
+
+def test_shared_flags_before_or_after_the_subcommand_and_usage_errors(tmp_path):
+    (tmp_path/"c.txt").write_text("a ship at sea\na ship in port\nfields and a river\n")
+    assert S.main(["--ddof", "1", "texts", str(tmp_path/"c.txt")]) == 0
+    assert S.main(["texts", str(tmp_path/"c.txt"), "--ddof", "1"]) == 0
+    assert S.main(["texts", str(tmp_path/"c.txt"), "--ddof", "2"]) == 2          # not 0 or 1: usage
+    assert S.main(["images"]) == 2                                               # no sources: usage
+    assert S.main(["frobnicate"]) == 2 and S.main([]) == 2
