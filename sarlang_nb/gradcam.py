@@ -66,6 +66,7 @@ def image_grid(adapter,      # a `VLMAdapter`
         raise SarlangError(f"{adapter.name}: {n} image tokens do not match a {g[0]}x{g[1]} grid")
     return g
 
+# %% ../nbs/13_gradcam.ipynb #d33d1b4f
 def grid_extent(adapter,    # a `VLMAdapter`
                 size):      # (width, height) of the image as given
     "`(x0, y0, x1, y1)`: the part of the image the feature grid covers (a centre crop for CLIP-style processors, else all of it)."
@@ -111,6 +112,7 @@ def normalise(cam): # a non-negative map (numpy)
     m = cam.max() if cam.size else 0.0
     return cam/m if m > 0 else np.zeros_like(cam)
 
+# %% ../nbs/13_gradcam.ipynb #a4e094af
 def upsample(grid,         # (rows, cols) map in [0, 1]
              size,         # (width, height) of the image
              extent=None): # (x0, y0, x1, y1) the grid covers (default: the whole image)
@@ -136,6 +138,7 @@ def _image_token_id(adapter):
         if getattr(c, k, None) is not None: return getattr(c, k)
     raise SarlangError(f"{adapter.name}: the model config names no image token (image_token_id)")
 
+# %% ../nbs/13_gradcam.ipynb #f2781323
 def cross_attention_layer(adapter,      # a BLIP `VLMAdapter`
                           layer=None):  # layer index (negative counts from the end); None: the default
     "The decoder layer whose cross-attention the `crossattn` maps read: 2/3 of the way up (8 of BLIP's 12, LAVIS's choice), unless given."
@@ -144,6 +147,7 @@ def cross_attention_layer(adapter,      # a BLIP `VLMAdapter`
     if k is None: raise SarlangError(f"cross-attention layer {layer} does not exist: the decoder has {n} layers")
     return k
 
+# %% ../nbs/13_gradcam.ipynb #a908cd45
 def _size_of(image):
     "(width, height) of an image file or PIL image (TIFFs through the SAR reader, as the models read them)."
     if isinstance(image, Image.Image): return image.size
@@ -184,6 +188,7 @@ def word_maps(adapter,                  # a `VLMAdapter` (base or `load_finetune
         out += _batch_maps(adapter, ims, pr, ans, method, layer, checkpointing, feature_transform, level)
     return out
 
+# %% ../nbs/13_gradcam.ipynb #a66043a3
 def _vision_order(adapter, grid_thw):
     "Index that puts the merger's input rows (Qwen: 2x2 windows, Qwen2.5: also permuted by attention window) in raster order, image after image."
     v = _find(adapter.model, ["visual"]); m = v.spatial_merge_size; u = m*m
@@ -289,6 +294,7 @@ def localise_vision(adapter): # a `VLMAdapter` (changed in place)
     if not n: raise SarlangError(f"{adapter.name}: no vision blocks found to localise")
     return n
 
+# %% ../nbs/13_gradcam.ipynb #8b72d5c6
 def blank_minus(adapter,        # a `VLMAdapter` (usually `localise_vision`-ed)
                 blank,          # the background image (PIL) the region is drawn on
                 prompt=None,    # the prompt the maps will use
@@ -315,6 +321,7 @@ def box_distance(x:float,  # the point's x (image pixels, to the right)
     bx, by, bw, bh = bbox
     return math.hypot(max(bx - x, 0.0, x - (bx + bw)), max(by - y, 0.0, y - (by + bh)))
 
+# %% ../nbs/13_gradcam.ipynb #242fd018
 def _near(shape, bboxes, tol): # (H, W); boxes; distance
     "Pixels whose centre lies within `tol` of one of the boxes."
     H, W = shape; yc, xc = np.mgrid[0:H, 0:W] + 0.5
@@ -325,12 +332,14 @@ def _near(shape, bboxes, tol): # (H, W); boxes; distance
         m |= np.hypot(dx, dy) <= tol
     return m
 
+# %% ../nbs/13_gradcam.ipynb #7fc89952
 def peak(grid,     # (rows, cols) map
          extent): # (x0, y0, x1, y1) of the image the grid covers
     "`(x, y)`: the centre, in image pixels, of the grid cell holding the map's maximum (where the upsampled map peaks)."
     g = np.asarray(grid); i, j = np.unravel_index(int(np.argmax(g)), g.shape); x0, y0, x1, y1 = extent
     return x0 + (j + 0.5)*(x1 - x0)/g.shape[1], y0 + (i + 0.5)*(y1 - y0)/g.shape[0]
 
+# %% ../nbs/13_gradcam.ipynb #a0b98bb0
 def pointing(heat,          # (H, W) map at the image's scale, non-negative
              bboxes:list,   # COCO boxes [x, y, w, h] of one category in this image
              tol:float=15,  # hit tolerance in pixels
@@ -345,6 +354,7 @@ def pointing(heat,          # (H, W) map at the image's scale, non-negative
         energy = float(heat[inside].sum()/tot)
     return dict(hit=bool(hit), energy=energy, chance_hit=float(near.mean()), chance_energy=float(inside.mean()), empty=empty)
 
+# %% ../nbs/13_gradcam.ipynb #547f2891
 def summarise(rows:list): # dicts with `category` and `pointing`'s keys
     "Mean over categories of the per-category means (pointing accuracy, energy, chance rates), with counts."
     cats = sorted({r["category"] for r in rows})
@@ -364,6 +374,7 @@ def plural(cat:str, # a category name
     "The category's name for `n` objects (aircraft stays aircraft)."
     return cat if n == 1 else _PLURAL.get(cat, cat + ("es" if cat.endswith(("s", "sh", "ch")) else "s"))
 
+# %% ../nbs/13_gradcam.ipynb #92a36254
 def category_of(word:str,      # a word of an answer
                 categories):   # category names
     "The category `word` names (singular, plural; harbour/harbor), or `None`."
@@ -372,6 +383,7 @@ def category_of(word:str,      # a word of an answer
         if w in (c.lower(), plural(c.lower())): return c
     return None
 
+# %% ../nbs/13_gradcam.ipynb #36e88478
 def reference_answer(counts:dict): # {category: number of boxes}, in the order to name them
     "A caption naming every category with its count, e.g. 'This SAR image shows two ships and one harbor.'"
     parts = [f"{_NUM[n] if n < len(_NUM) else n} {plural(c, n)}" for c, n in counts.items()]
@@ -392,6 +404,7 @@ def coco_files(rd,                       # a `core.RunDir`
         if fs: return fs
     return []
 
+# %% ../nbs/13_gradcam.ipynb #ffba6713
 def alignment_items(rd,                  # a `core.RunDir`
                     n_images:int|None=8, # first N images that have boxes (None: all)
                     split:str="test",    # the COCO split to use (falls back to any file when absent)
@@ -423,6 +436,7 @@ def alignment_items(rd,                  # a `core.RunDir`
             if n_images and len(out) >= n_images: return out
     return out
 
+# %% ../nbs/13_gradcam.ipynb #5392f639
 def score_maps(maps:list,            # `word_maps` output
                items:list,           # `alignment_items` (same order)
                tol:float=15):        # pointing tolerance in image pixels
@@ -447,6 +461,7 @@ def randomise_language_model(adapter,     # a `VLMAdapter` (changed in place)
                 flat = p.data.flatten(); p.data.copy_(flat[torch.randperm(flat.numel(), generator=g).to(flat.device)].view_as(p)); n += 1
     return n
 
+# %% ../nbs/13_gradcam.ipynb #1e750488
 def rank_correlation(a,  # a map
                      b): # another map of the same shape
     "Spearman rank correlation of two maps (`nan` when one is constant)."
@@ -466,6 +481,7 @@ def key_words(words:list,       # the answer's words
     rest = [j for j, w in enumerate(words) if j not in cat and w.lower() not in _STOP and not w.isdigit()]
     return sorted((cat + rest)[:k], key=lambda j: (j not in cat, j))
 
+# %% ../nbs/13_gradcam.ipynb #a1d65433
 def plot_word_maps(image,            # the image (path or PIL)
                    rows:list,        # [(row label, `word_maps` entry of this image)]
                    path=None,        # PNG to write (None: return the figure only)
@@ -500,6 +516,7 @@ def plot_word_maps(image,            # the image (path or PIL)
 REQUIRES = ("10_finetune",)          # the LoRA adapters (and, through it, the images the models see)
 SMOKE_REQUIRES = ("03_synthetic",)   # the smoke profile's boxes: the synthetic world's COCO files
 
+# %% ../nbs/13_gradcam.ipynb #1a8b3ee1
 def _load(rd, name:str, mode:str, device:str):
     "The base model (zero-shot) or the base with the run's LoRA adapter (lora)."
     from sarlang_nb.models import load_vlm
@@ -534,6 +551,7 @@ CATEGORY_COLS = [("model", "model", ""), ("mode", "mode", ""), ("method", "metho
 FAITH_COLS = [("model", "model", ""), ("mode", "mode", ""), ("n_maps", "maps", ""), ("rank_corr", "Spearman rho (original vs randomised LM)", ".3f"),
               ("changed", "share with rho < 0.5", ".3f"), ("mean_abs_diff", "mean abs. difference", ".3f")]
 
+# %% ../nbs/13_gradcam.ipynb #d388db9b
 def run_stage(rd,                       # a `core.RunDir`
               n_images:int=32,          # images with boxes to explain (first N of the split)
               tolerance:float=15.0,     # pointing-game tolerance, pixels at the image's scale
