@@ -175,17 +175,18 @@ def test_mixed_folder_cli(tmp_path):
     rep = json.loads((out/"preprocess_report.json").read_text())
     assert (rep["written"], rep["skipped"]) == (0, n_good)
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    # different options into the same folder: refused (exit 2) unless --overwrite
-    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign"]) == 2
+    # different options into the same folder: refused (exit 1, as sarlang-synth refuses another world) unless --overwrite
+    assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign"]) == 1
     assert main([str(tmp_path/"in"), "--out", str(out), "--quiet", "--rule", "sign", "--overwrite"]) == 3
     assert json.loads((out/OPTIONS_FILE).read_text())["rule"] == "sign"
     # exit statuses
     assert main([str(tmp_path/"in"/"nan.tif"), "--out", str(tmp_path/"o2"), "--quiet"]) == 1     # nothing succeeded
     assert main([str(tmp_path/"nope"), "--out", str(tmp_path/"o3")]) == 1          # a missing input: bad input, as everywhere
     assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--rule", "darkest"]) == 2
-    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--percentiles", "90", "10"]) == 2
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--percentiles", "90", "10"]) == 1      # a bad value: 1, as in every command
     if not torch.cuda.is_available():
-        assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--device", "cuda"]) == 2
+        assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--device", "cuda"]) == 1
+    assert main([str(tmp_path/"in"), "--out", str(tmp_path/"o3"), "--workers", "0"]) == 2          # rejected by the parser: usage
 
 
 def test_outputs_inside_source_are_not_inputs(tmp_path):
@@ -259,8 +260,8 @@ def test_interrupted_change_of_options_never_mixes_settings(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt): preprocess_batch([src], out, rule="sign", overwrite=True)
     monkeypatch.setattr(pp, "preprocess_file", real)
     # resuming with the new options must not skip the three outputs still made with the old ones
-    with pytest.raises(SarlangError, match="interrupted change of options"): preprocess_batch([src], out, rule="sign")
-    with pytest.raises(SarlangError, match="interrupted change of options"): preprocess_batch([src], out, rule="closest")
+    with pytest.raises(SarlangError, match="interrupted change"): preprocess_batch([src], out, rule="sign")
+    with pytest.raises(SarlangError, match="interrupted change"): preprocess_batch([src], out, rule="closest")
     rep = preprocess_batch([src], out, rule="sign", redo_on_change=True)
     assert (rep["written"], rep["skipped"]) == (4, 0)
     for i in range(4):
@@ -317,16 +318,16 @@ def test_batch_survives_a_killed_worker(tmp_path):
 
 
 def test_bad_device_report_and_options_file_are_argument_errors(tmp_path):
-    "Exit 2 with one line for a device that is not one, a --report that is a folder, an --out that is a file; a damaged options file asks for --overwrite."
+    "Exit 1 (bad input, as in every command) with one line for a device that is not one, a --report that is a folder, an --out that is a file; a damaged options file asks for --overwrite."
     _folder(tmp_path/"in", n_good=2, size=24)
     (tmp_path/"afile").write_text("x")
     for extra, msg in ((["--device", "gpu"], "is not a torch device"), (["--report", str(tmp_path)], "--report is a folder"),
                        ([], "--out is a file")):
         out = tmp_path/"afile" if msg == "--out is a file" else tmp_path/"o"
         r = subprocess.run(CLI + [str(tmp_path/"in"), "--out", str(out), "--quiet", *extra], env=ENV, capture_output=True, text=True)
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
     (tmp_path/"o2").mkdir(); (tmp_path/"o2"/OPTIONS_FILE).write_text("")
-    with pytest.raises(SarlangError, match="cannot be read.*--overwrite"): preprocess_batch([tmp_path/"in"], tmp_path/"o2")
+    with pytest.raises(SarlangError, match="unreadable.*--overwrite"): preprocess_batch([tmp_path/"in"], tmp_path/"o2")
     assert preprocess_batch([tmp_path/"in"], tmp_path/"o2", overwrite=True)["written"] == 3     # 2 GeoTIFFs and the JPEG
 
 
@@ -435,11 +436,14 @@ def _marked(marker):
     return out
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
-def test_workers_end_when_the_command_is_killed(tmp_path):
-    "kill -9 of `sarlang-preprocess --workers 2`: its worker processes end too and stop writing."
+@pytest.mark.parametrize("reap", [True, False], ids=["parent-reaped", "parent-not-reaped"])
+def test_workers_end_when_the_command_is_killed(tmp_path, reap):
+    """kill -9 of `sarlang-preprocess --workers 2`: its worker processes end too and stop writing, whether or not whoever
+    started the command has reaped it yet (a killed process stays a zombie until then); the next run leaves no temporary file."""
     rng = np.random.default_rng(8)
-    src = tmp_path/"in"; src.mkdir()
+    src = tmp_path/"in"; (src/"a").mkdir(parents=True)
     for i in range(60): write_geotiff(src/f"s{i:03d}.tif", rng.gamma(1.0, 1.0, (256, 256)).astype(np.float32), bands=["VV"])
+    write_geotiff(src/"a"/"t.tif", rng.gamma(1.0, 1.0, (32, 32)).astype(np.float32), bands=["VV"])
     out = tmp_path/"out"
     marker = f"SARLANG_TEST_MARK={os.getpid()}_{time.time_ns()}"
     k, v = marker.split("=")
@@ -450,13 +454,23 @@ def test_workers_end_when_the_command_is_killed(tmp_path):
         while time.time() - t0 < 120 and proc.poll() is None and len(list(out.glob("s*.png"))) < 4: time.sleep(0.02)
         assert proc.poll() is None, "the batch ended before it could be killed"
         assert len([p for p in _marked(marker) if p != proc.pid]) >= 2          # the workers (and the forkserver) run
-        proc.send_signal(signal.SIGKILL); proc.wait()
+        os.kill(proc.pid, signal.SIGKILL)
+        if reap: proc.wait()
         time.sleep(2.0)
-        left = _marked(marker)
+        left = _marked(marker)                                                  # (a zombie is not alive)
         n = len(list(out.glob("s*.png")))
         time.sleep(1.0)
         assert left == [] and len(list(out.glob("s*.png"))) == n, f"processes {left} outlived the command"
     finally:
+        proc.wait()
         for pid in _marked(marker):
             try: os.kill(pid, signal.SIGKILL)
             except ProcessLookupError: pass
+    # what a kill leaves: temporary files of atomic writes, of PNGs (a worker ended mid-write) and of the JSON records,
+    # also in folders whose outputs are all done (a/ is finished first)
+    assert (out/"a"/"t.png").exists()
+    for f in (out/".s059.png.k1ll3d.tmp", out/"a"/".t.png.k1ll3d.tmp", out/f".{OPTIONS_FILE}.k1ll3d.tmp",
+              out/".preprocess_report.json.k1ll3d.tmp"): f.write_bytes(b"left by a killed write")
+    r = subprocess.run(CLI + [str(src), "--out", str(out), "--quiet", "--workers", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.rglob("*.png"))) == 61 and sorted(p.name for p in out.rglob("*.tmp")) == []
