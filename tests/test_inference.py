@@ -95,3 +95,19 @@ def test_exit_codes(data, tmp_path, capsys):
     assert "made with other settings (max_samples differ)" in err and PRED_FILE in err
     assert infer_main(small[:-2] + ["--max-samples", "3", "--no-resume"]) == 0
     assert len(formats.read_predictions(tmp_path/"p"/PRED_FILE)) == 6
+
+
+@pytest.mark.timeout(400)
+def test_torchrun_refusal_stops_every_rank(data):
+    "Other settings into an OUT: rank 0 refuses, every rank stops with that error (no rank left waiting), the files stay."
+    d, files = data
+    single = d/"single"
+    before = (single/PRED_FILE).read_bytes()
+    with socket.socket() as so: so.bind(("127.0.0.1", 0)); port = so.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SARLANG_PROGRESS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "sarlang_nb.inference", *_args(files, single)[:-1], "4"]                 # --max-new-tokens 4, not 3
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=d)
+    assert r.returncode != 0
+    assert r.stderr.count("sarlang-infer: error: rank 0 of 2:") == 2 and "(max_new_tokens differ)" in r.stderr
+    assert (single/PRED_FILE).read_bytes() == before and not (single/PARTS_DIR).exists()
