@@ -421,3 +421,90 @@ def test_convert_predictions_writes_only_vqa_rows(tmp_path, cli):
     r = cli("sarlang-convert", "predictions", tmp_path/"p.jsonl", tmp_path/"VQA_result.csv")
     assert r.returncode == 0, r.stderr
     assert (tmp_path/"VQA_result.csv").read_text().splitlines() == ["SARimages/1.png,yes,Is there a ship?,Yes"]
+
+
+# --- issue 17: an unbalanced CSV quote; the mixing rule for LLaMA-Factory users ------------------------------------
+
+SIX_LINES = ('a.png,yes,Is there a ship?,yes\n'
+             'b.png,"yes,Is there a car?,yes\n'          # the quote opened here ...
+             'c.png,no,Is there a tank?,yes\n'
+             'd.png,no,Is there a bridge?,yes\n'
+             'e.png,2",How many?,2\n'                    # ... closes here: lines 2-5 became one row
+             'f.png,1,How many?,1\n')
+
+def test_unbalanced_quote_does_not_swallow_rows(tmp_path):
+    "Six lines used to read as three rows (the swallowed ones vanished from the score); now the file is refused at the quote."
+    p = tmp_path/"VQA_result.csv"; p.write_text(SIX_LINES)
+    with pytest.raises(SarlangError, match=r"VQA_result\.csv row 2: an unbalanced quote: the quoted field opened on line 2 runs on to line 5 "
+                                           r"and swallows 2 line\(s\) that look like rows of their own \(first: 'c\.png,no,Is there a tank\?,yes'\)"):
+        F.read_vqa_result(p)
+    with pytest.raises(SarlangError, match="row 2: an unbalanced quote"): F.check_path(p)
+    with pytest.raises(SarlangError, match="unbalanced quote"): list(F.iter_csv_rows(p, ("image", "predict", "question", "gt")))
+
+def test_quote_left_open_at_the_end_is_refused(tmp_path):
+    p = tmp_path/"VQA_result.csv"
+    p.write_text('a.png,yes,Is there a ship?,yes\nb.png,no,Is there a car?,"no\n')
+    with pytest.raises(SarlangError, match=r"VQA_result\.csv row 2: an unbalanced quote: the quoted field opened on line 2 is never closed"):
+        F.read_vqa_result(p)
+    p = tmp_path/"Caption_test1.csv"                   # with a header: lines count it, rows do not
+    p.write_text('image,caption\nSARimages/a.png,A port.\nSARimages/b.png,"Farmland\nby a river.\n')
+    with pytest.raises(SarlangError, match=r"Caption_test1\.csv row 2: .*opened on line 3 is never closed"):
+        F.read_captions(p, root=tmp_path)
+
+def test_a_caption_with_a_line_break_still_reads(tmp_path):
+    p = tmp_path/"Caption_test.csv"
+    p.write_text('SARimages/a.png,"A harbour, with cranes.\nShips, two of them, at the quay."\nSARimages/b.png,Farmland.\n')
+    caps = F.read_captions(p, root=tmp_path)
+    assert [c["caption"] for c in caps] == ["A harbour, with cranes.\nShips, two of them, at the quay.", "Farmland."]
+    F.write_release(tmp_path/"rel", [_cap(1), _cap(2, "test", "concise")], [])    # _cap's captions hold a line break too
+    assert len(F.load_release(tmp_path/"rel")["captions"]) == 2
+
+def test_dataset_info_offers_the_mixed_files(tmp_path):
+    "LLaMA-Factory users get SARVQA1 with the paper's class-list prefix as entries of their own; the plain files stay as published."
+    pos = F.vqa_record("SARimages/0000009.png", "Where is the ship?", "Left", "object positioning", "sardet", split="train")
+    vqa = [_vqa(1), pos, _vqa(2, "test"), _vqa(3, "train", "paired"), _vqa(4, "test", "paired")]
+    files = F.write_release(tmp_path, [_cap(1), _cap(2, "test", "concise")], vqa)
+    info = json.loads((tmp_path/"dataset_info.json").read_text())
+    assert {"sarvqa1_train", "sarvqa1_train_mixed", "sarvqa1_test", "sarvqa1_test_mixed", "sarvqa2_train"} <= set(info)
+    for name, ent in info.items():                    # every entry's file exists, with only keys LLaMA-Factory reads
+        assert (tmp_path/ent["file_name"]).is_file(), name
+        assert set(ent) <= {"file_name", "formatting", "columns", "tags"}
+    user = lambda rel: [m["messages"][0]["content"] for m in json.loads((tmp_path/rel).read_text())]
+    mixed, plain = user(info["sarvqa1_train_mixed"]["file_name"]), user(info["sarvqa1_train"]["file_name"])
+    assert len(mixed) == len(plain) == 2
+    assert mixed[0].startswith("<image>" + F.CLASS_PREFIX + " Question: ") and mixed[1].startswith("<image>" + F.POSITION_PREFIX)
+    assert not any("The classes are:" in u for u in plain)
+    assert all(u.startswith("<image>" + F.CLASS_PREFIX) for u in user(info["sarvqa1_test_mixed"]["file_name"]))
+    assert files[info["sarvqa1_train_mixed"]["file_name"]] == 2
+    # the mixed files sit outside Text/VQA/<split>/: nothing that globs the splits (or load_release) reads a record twice
+    assert not list((tmp_path/"Text/VQA/train").glob("*mixed*"))
+    assert sorted(map(_key, F.load_release(tmp_path)["vqa"])) == sorted(map(_key, vqa))
+    assert F.read_vqa(tmp_path/info["sarvqa1_train_mixed"]["file_name"]) == [_vqa(1), pos]    # the raw question comes back
+    assert F.llamafactory_datasets(tmp_path) == ["caption_training", "sarvqa1_train_mixed", "sarvqa2_train"]
+
+def test_cli_release_says_which_datasets_to_use(tmp_path):
+    F.write_json_records(tmp_path/"v.jsonl", [_vqa(1), _vqa(3, "train", "paired")])
+    r = _cli("release", tmp_path/"rel", "--vqa", tmp_path/"v.jsonl", "--src-root", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Text/VQA/mixed/SARVQA1_train_mixed.json" in r.stdout
+    assert f"--dataset_dir {tmp_path/'rel'} --dataset sarvqa1_train_mixed,sarvqa2_train" in r.stdout
+
+def test_error_hints_name_flags_that_exist():
+    "Every `sarlang-convert CMD --flag` an error message suggests is a flag of that sub-command."
+    import re, inspect
+    from sarlang_nb import core, records
+    hints = set()
+    for mod in (core, records, F):
+        for cmds, flag in re.findall(r"sarlang-convert ((?:check|convert|predictions|release)(?:\|\w+)*) (--[a-z][\w-]*)", inspect.getsource(mod)):
+            hints |= {(c, flag) for c in cmds.split("|")}
+    assert ("release", "--rebase") in hints and ("check", "--allow-symlinks-out") in hints and ("convert", "--kind") in hints
+    hints.add(("release", "--overwrite"))             # write_release: "pass --overwrite"
+    for cmd, flag in sorted(hints):
+        r = _cli(cmd, "--help")
+        assert r.returncode == 0 and flag in r.stdout, f"sarlang-convert {cmd} has no {flag}"
+
+def test_cli_usage_and_exit_codes(tmp_path):
+    assert _cli("convert", tmp_path/"only-one.json").returncode == 2            # usage
+    assert _cli("nonsense").returncode == 2
+    r = _cli("check", tmp_path/"missing.json", tmp_path/"also-missing.csv")
+    assert r.returncode == 1 and r.stderr.count("no such file or folder") == 2    # all failed: 1 (some failed: 3, above)
