@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from sarlang_nb.core import SarlangError, open_run, RunDir, write_json
 from sarlang_nb import splits as SP, formats as F
+from sarlang_nb.testing import demo_records
 
 os.environ["SARLANG_PROGRESS"] = "0"
 
@@ -96,7 +97,7 @@ def test_check_detects_a_hand_edited_release(run, tmp_path, cli):
 
 
 def test_bad_records(tmp_path, cli):
-    caps, vqa = SP.demo_records(10, 4)
+    caps, vqa = demo_records(10, 4)
     bad = [dict(r, split=None) if r["source"] == "sardet" else r for r in vqa]
     F.write_json_records(tmp_path/"v.jsonl", bad)
     r = cli("sarlang-split", "records", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"out")
@@ -113,7 +114,7 @@ def test_bad_records(tmp_path, cli):
 
 
 def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
-    caps, vqa = SP.demo_records(20, 6)
+    caps, vqa = demo_records(20, 6)
     F.write_json_records(tmp_path/"c.jsonl", caps); F.write_json_records(tmp_path/"v.jsonl", vqa)
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel", "--seed", "3")
     assert r.returncode == 0, r.stderr
@@ -129,7 +130,7 @@ def test_paper_profile_finds_images_under_data_root(tmp_path):
     import numpy as np
     from PIL import Image
     data = tmp_path/"release"; (data/"SARimages").mkdir(parents=True)
-    caps, vqa = SP.demo_records(12, 4)
+    caps, vqa = demo_records(12, 4)
     for r in caps + vqa:
         p = data/r["image"]
         if not p.exists(): Image.fromarray(np.full((4, 4), int(r["image_id"]), np.uint8)).save(p)
@@ -169,3 +170,25 @@ def test_a_damaged_hash_cache_is_ignored(tmp_path):
         (tmp_path/"cache.json").write_text(content)
         assert SP.content_hashes({"a": img}, tmp_path/"cache.json") == want
         assert isinstance(json.loads((tmp_path/"cache.json").read_text()), dict)     # rewritten as a good cache
+
+
+def test_duplicate_records_within_a_split_are_reported(tmp_path, cli):
+    "Issue 17 (duplicate rows pass silently): a caption or QA record given twice is counted in the report and named on stderr."
+    caps, vqa = demo_records(12, 4)
+    F.write_json_records(tmp_path/"c.jsonl", caps + caps[:2]); F.write_json_records(tmp_path/"v.jsonl", vqa + vqa[-1:])
+    r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel")
+    assert r.returncode == 0, r.stderr
+    assert "1 VQA record(s) (same image, question and answer) and 2 caption record(s)" in r.stderr
+    rep = json.loads((tmp_path/"rel"/"tables"/"leakage_report.json").read_text())
+    assert rep["duplicate_caption_records_within_split"] == 2 and rep["duplicate_qa_records_within_split"] == 1
+    r = cli("sarlang-split", "check", tmp_path/"rel")
+    assert r.returncode == 0 and "2 caption record(s)" in r.stderr, r.stderr
+    F.write_json_records(tmp_path/"c1.jsonl", caps)
+    r = cli("sarlang-split", "records", "--captions", tmp_path/"c1.jsonl", "--out", tmp_path/"rel1")
+    assert r.returncode == 0 and "repeat within their split" not in r.stderr
+
+
+def test_usage_errors_exit_2():
+    assert SP.main([]) == 2 and SP.main(["nope"]) == 2 and SP.main(["check"]) == 2
+    assert SP.main(["records", "--captions", "c.jsonl"]) == 2                    # --out is required
+    assert SP.main(["run", "r", "--test-fraction", "x"]) == 2
