@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads); torch.manual_seed(0)
-    from sarlang_nb.finetune import demo_dataset
+    from sarlang_nb.testing import demo_dataset
     with tempfile.TemporaryDirectory() as d:
         files = demo_dataset(Path(d), 40)
         print(f"tiny models on CPU ({a.threads} thread(s)), batch {a.batch}, torch {torch.__version__}")
