@@ -98,7 +98,7 @@ def write_geotiff(path,                  # the .tif file to write
                          extratags=[(42112, "s", 0, _gdal_xml(bands), True)])
     return atomic_write(path, buf.getvalue())
 
-# %% ../nbs/01_sario.ipynb #209d35cf
+# %% ../nbs/01_sario.ipynb #f8b12dbf
 MAX_PIXELS = 2**30  # samples (bands x height x width) a file may declare before it is read: 4 GiB as float32
 
 def pixel_limit(max_pixels:int|None=None): # an explicit limit (None: $SARLANG_MAX_PIXELS, else `MAX_PIXELS`)
@@ -110,6 +110,7 @@ def pixel_limit(max_pixels:int|None=None): # an explicit limit (None: $SARLANG_M
     if n < 1: raise SarlangError(f"{src} must be a positive number of samples, not {v!r}")
     return n
 
+# %% ../nbs/01_sario.ipynb #c9eda372
 def _check_size(shape, limit, path): # declared shape (any axes); the limit; the file
     "Refuse a raster whose header declares more than `limit` samples, before any pixel is read or memory allocated."
     n = int(np.prod([int(d) for d in shape], dtype=object))
@@ -143,6 +144,7 @@ def _read_display(path, limit=MAX_PIXELS):
         a = a[..., 0] if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]) else a.mean(-1)
     return (a.astype(np.float32)/scale)[None], source
 
+# %% ../nbs/01_sario.ipynb #145f8fbe
 def _bands_first(tif, path, limit=MAX_PIXELS):
     "The raster as (bands, H, W), from the axes tifffile reports; same-sized pages (one per band) are stacked. The declared size is checked first."
     series = tif.series
@@ -185,6 +187,7 @@ def _read_tiff(path, stored, limit=MAX_PIXELS):
     if stored == "db": a, stored = (10.0**(a/10.0)).astype(np.float32), "intensity"
     return a, names, "float", stored
 
+# %% ../nbs/01_sario.ipynb #bc4e704b
 def read_raster(path,                    # image file: .png/.jpg/.bmp/.tif/.tiff
                 domain:str="intensity",  # domain of the returned data: "intensity" or "amplitude"
                 stored:str|None=None,    # float TIFFs only: what the file holds ("intensity", "amplitude", "db"); default from its metadata, else intensity
@@ -214,6 +217,7 @@ def read_raster(path,                    # image file: .png/.jpg/.bmp/.tif/.tiff
     r = SarRaster(data.astype(np.float32, copy=False), names, have, source, str(path))
     return r.to(domain)
 
+# %% ../nbs/01_sario.ipynb #cba9543e
 def read_sar(path,                   # image file
              pol=None,               # band to return by name ("VV") or index; None: all bands (single band -> (H, W))
              domain:str="intensity", # "intensity" or "amplitude"
@@ -222,7 +226,6 @@ def read_sar(path,                   # image file
     r = read_raster(path, domain=domain, **kwargs)
     if pol is not None: return r.band(pol)
     return r.data[0] if r.data.shape[0] == 1 else r.data
-
 
 # %% ../nbs/01_sario.ipynb #5b2e0004
 def declared_shape(path): # an image file: .png/.jpg/.bmp/.tif/.tiff
