@@ -567,7 +567,7 @@ def iter_json_records(path,               # a .json (array of records) or .jsonl
                 yield lineno, obj
         else: yield from _iter_json_array(f, path, chunk)
 
-# %% ../nbs/00_core.ipynb #7d4af79a
+# %% ../nbs/00_core.ipynb #bd9cf19a
 _ALIASES = {
     "image": ("image", "images", "image_name", "image_path", "img", "file_name", "filename", "file", "path", "image_file"),
     "caption": ("caption", "captions", "text", "description", "sentence", "label", "gt", "output"),
@@ -603,16 +603,32 @@ def _check_quotes(vals, start, end, ncols, img, path, row):
                                    "quote, or quote the whole field", path, row)
         line += v.count("\n")
 
-def _check_closed(lines, vals, start, path, row):
-    "Refuse the file's last record when its quote is still open at the end of the file."
-    try: list(csv.reader(lines, strict=True))
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+def _last_lines(path, n:int):
+    "The last `n` physical lines of a text file (universal line ends kept, as `csv` reads them), decoded."
+    with open(path, "rb") as f:
+        size, block = f.seek(0, 2), 1 << 16
+        while True:
+            pos = max(0, size - block); f.seek(pos); data = f.read()
+            ends = [m.end() for m in _EOL.finditer(data)]
+            cuts = [0] + ends + ([len(data)] if not ends or ends[-1] != len(data) else [])
+            lines = [data[a:b] for a, b in zip(cuts, cuts[1:])]
+            if pos == 0 or len(lines) > n: break       # (the first line of a block that starts mid-file is partial)
+            block *= 4
+    if pos == 0 and lines and lines[0].startswith(b"\xef\xbb\xbf"): lines[0] = lines[0][3:]
+    return [l.decode("utf-8", "replace") for l in lines[-n:]]
+
+def _check_closed(path, vals, start, end, row):
+    "Refuse the file's last record (lines `start`..`end`) when its quote is still open at the end of the file."
+    try: list(csv.reader(_last_lines(path, end - start + 1), strict=True))
     except csv.Error as e:
         if "unexpected end of data" in str(e):
             line = start + sum(v.count("\n") for v in vals[:-1])
             raise SarlangError(f"an unbalanced quote: the quoted field opened on line {line} is never closed (it runs to the end "
                                "of the file); close the quote", path, row) from None
 
-# %% ../nbs/00_core.ipynb #18d13fd8
+# %% ../nbs/00_core.ipynb #89e4bddf
 def iter_csv_rows(path,                         # the CSV file
                   positional:tuple,             # column names to use when the file has no header
                   header_keys:tuple=("image",), # a first row naming any of these (or an alias) is a header
@@ -622,14 +638,10 @@ def iter_csv_rows(path,                         # the CSV file
     if not path.is_file(): raise SarlangError("file not found", path)
     csv.field_size_limit(1 << 27)
     with open_text(path, newline="") as f:
-        st = {"lines": []}               # the physical lines of the record being read
-        def lines():
-            for l in f: st["lines"].append(l); yield l
-        rd = csv.reader(lines())
+        rd = csv.reader(f)
         try: first = next(rd)
         except StopIteration: return
         except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, 1) from None
-        last, st["lines"] = st["lines"], []
         cols = [_norm_col(c) for c in first]
         known = {a for k in header_keys for a in (k, *_ALIASES.get(k, ()))}
         has_header = any(c in known for c in cols)
@@ -646,23 +658,20 @@ def iter_csv_rows(path,                         # the CSV file
             if has_header and len(vals) != len(names):
                 raise SarlangError(f"expected {len(names)} columns as in the header, found {len(vals)}", path, row)
             return dict(zip(names, vals))
-        row, start, vals = 0, 1, first
-        if rd.line_num > start: _check_quotes(first, start, rd.line_num, len(names), img, path, None if has_header else 1)
+        row, ended = 0, rd.line_num      # `ended`: the line the record before ended on
+        if ended > 1: _check_quotes(first, 1, ended, len(names), img, path, None if has_header else 1)
         if not has_header:
             row += 1
             if any(v.strip() for v in first): yield row, make(first, row)
+        vals, began = first, 1
         try:
-            while True:
-                start = rd.line_num + 1
-                try: vals = next(rd)
-                except StopIteration: break
-                last, st["lines"] = st["lines"], []
-                row += 1
-                if rd.line_num > start: _check_quotes(vals, start, rd.line_num, len(names), img, path, row)
+            for vals in rd:
+                row += 1; began, ended = ended + 1, rd.line_num
+                if ended > began: _check_quotes(vals, began, ended, len(names), img, path, row)
                 if not any(v.strip() for v in vals): continue
                 yield row, make(vals, row)
         except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, row + 1) from None
-        if last: _check_closed(last, vals, rd.line_num - len(last) + 1, path, row or None)
+        if ended: _check_closed(path, vals, began, ended, row or None)
 
 # %% ../nbs/00_core.ipynb #6af5b251
 def run_stage(rd:RunDir,           # the run
