@@ -6,16 +6,21 @@ Docs: https://sarlang.github.io/sarlang-nb/reproduce.html.md"""
 
 # %% ../nbs/90_reproduce.ipynb #aa1d75a3
 from __future__ import annotations
-import argparse, contextlib, json, os, re, sys, time
+import contextlib, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time
+from collections import defaultdict
+from typing import Annotated
+from fastcore.script import store_true
 from pathlib import Path
 from .core import SarlangError, RunDir, repo_root, sarlang_home, write_json, read_json, PROFILES, check_no_secrets, update_config
+from .cli import command, EXIT_PARTIAL
 
 # %% auto #0
-__all__ = ['PARAMS_FILE', 'notebooks_dir', 'stage_notebooks', 'select_stages', 'parse_kv', 'declared_parameters',
-           'parameter_defaults', 'StageFailed', 'run_stage', 'heartbeat', 'check_paper_inputs', 'stage_params',
-           'reproduce', 'main']
+__all__ = ['KERNEL_DIR_PREFIX', 'PARAMS_FILE', 'main', 'notebooks_dir', 'stage_notebooks', 'select_stages', 'parse_kv',
+           'parameter_defaults', 'declared_parameters', 'StageFailed', 'run_stage', 'heartbeat', 'descendants',
+           'guard_descendants', 'kernel_guard', 'clean_partial_files', 'check_paper_inputs', 'stage_params',
+           'reproduce', 'reproduce_command']
 
-# %% ../nbs/90_reproduce.ipynb #6bf442af
+# %% ../nbs/90_reproduce.ipynb #14a2cb87
 _STAGE_RE = re.compile(r"^(\d\d)_(\w+)\.ipynb$")
 
 def notebooks_dir() -> Path:
@@ -26,11 +31,14 @@ def notebooks_dir() -> Path:
     if root: return root/"nbs"
     raise SarlangError("cannot find the stage notebooks: neither sarlang_nb/nbs (wheel) nor a source checkout's nbs/")
 
-def stage_notebooks(nbs=None) -> list[Path]: # folder of notebooks (default `notebooks_dir()`)
+# %% ../nbs/90_reproduce.ipynb #c7198337
+def stage_notebooks(nbs=None, # folder of notebooks (default `notebooks_dir()`)
+                   ) -> list[Path]:
     "Stage notebooks in pipeline order."
     nbs = Path(nbs or notebooks_dir())
     return sorted(p for p in nbs.glob("*.ipynb") if (m := _STAGE_RE.match(p.name)) and int(m.group(1)) < 90)
 
+# %% ../nbs/90_reproduce.ipynb #8d8cde76
 def select_stages(stages:list[Path],  # all stage notebooks
                   spec:str|None=None): # "02,05" or "preprocess,vqa" or "00-05"; None: all
     "The stages named by `spec` (numbers, names or ranges), in pipeline order; unknown names are an error."
@@ -44,8 +52,10 @@ def select_stages(stages:list[Path],  # all stage notebooks
         want.update(hits)
     return [s for s in stages if s in want]
 
-# %% ../nbs/90_reproduce.ipynb #a5631a36
-def parse_kv(items, flag:str, parse_json:bool=True): # ["k=v", ...]; flag name for errors; decode JSON values
+# %% ../nbs/90_reproduce.ipynb #5b7a8df4
+def parse_kv(items,               # ["k=v", ...] (None: none)
+             flag:str,            # the flag they came with, for errors
+             parse_json:bool=True): # decode each value as JSON when it is JSON
     "`['a=1', 'b=x']` -> `{'a': 1, 'b': 'x'}`, with a clear error naming `flag` for a malformed item."
     out = {}
     for it in items or []:
@@ -58,11 +68,9 @@ def parse_kv(items, flag:str, parse_json:bool=True): # ["k=v", ...]; flag name f
         out[k.strip()] = v
     return out
 
-def declared_parameters(nb:Path) -> set: # a notebook
-    "Names declared in the notebook's `parameters` cell."
-    return set(parameter_defaults(nb))
-
-def parameter_defaults(nb:Path) -> dict: # a notebook
+# %% ../nbs/90_reproduce.ipynb #ea2c0feb
+def parameter_defaults(nb:Path, # a notebook
+                       ) -> dict:
     "{name: default value} of the notebook's `parameters` cell (literals evaluated; other defaults as their source text)."
     import papermill as pm, ast
     out = {}
@@ -71,7 +79,15 @@ def parameter_defaults(nb:Path) -> dict: # a notebook
         except (ValueError, SyntaxError): out[k] = v["default"]
     return out
 
+# %% ../nbs/90_reproduce.ipynb #442df21c
+def declared_parameters(nb:Path, # a notebook
+                        ) -> set:
+    "Names declared in the notebook's `parameters` cell."
+    return set(parameter_defaults(nb))
+
 # %% ../nbs/90_reproduce.ipynb #043857a2
+KERNEL_DIR_PREFIX = "sarlang-kernel-"   # the private folder of a stage's kernel sockets, under the temporary folder
+
 class StageFailed(SarlangError):
     "A stage notebook failed; the message names the notebook and the cell."
 
@@ -81,21 +97,30 @@ def run_stage(nb:Path,              # the stage notebook
               kernel:str="python3", # Jupyter kernel name
               log_output:bool=False): # stream the notebook's output to the terminal
     "Execute one stage notebook with papermill; raises `StageFailed`."
-    import papermill as pm, tempfile, shutil
+    import papermill as pm
     from jupyter_client.manager import KernelManager
     declared = declared_parameters(nb)
-    sock = tempfile.mkdtemp(prefix="sarlang-kernel-")   # the kernel talks over local sockets (IPC), not TCP ports
-    km = KernelManager(kernel_name=kernel, transport="ipc", ip=str(Path(sock)/"k"))
+    sock = tempfile.mkdtemp(prefix=KERNEL_DIR_PREFIX)   # the kernel talks over local sockets (IPC), not TCP ports
+    (Path(sock)/"owner.pid").write_text(str(os.getpid()))
+    km = KernelManager(kernel_name=kernel, transport="ipc", ip=str(Path(sock)/"k"), connection_file=str(Path(sock)/"kernel.json"))
+    failed = []
+    def work():     # in a thread: nbclient takes SIGINT/SIGTERM in the main thread's event loop and would hang on them
+        try: pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
+                                 kernel_name=kernel, km=km, cwd=str(nb.parent), progress_bar=False, log_output=log_output)
+        except BaseException as e: failed.append(e)
+    th = threading.Thread(target=work, name=f"papermill {nb.stem}", daemon=True)
     try:
-        pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
-                            kernel_name=kernel, km=km, cwd=str(nb.parent), progress_bar=False, log_output=log_output)
+        th.start()
+        while th.is_alive(): th.join(0.2)      # a Ctrl-C lands here: the finally below stops the kernel
+        if failed: raise failed[0]
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage {nb.stem} failed in cell {e.cell_index} (execution count {e.exec_count}): "
                           f"{e.ename}: {e.evalue.strip()[:500]}; the partial notebook is {out}", nb) from None
     except Exception as e:
         raise StageFailed(f"stage {nb.stem} could not run ({type(e).__name__}: {e}); the partial notebook is {out}", nb) from None
     finally:
-        if km.has_kernel: km.shutdown_kernel(now=True)
+        if km.has_kernel: km.shutdown_kernel(now=True)   # kills the kernel's process group (its workers too)
+        th.join(10)
         shutil.rmtree(sock, ignore_errors=True)
     return out
 
@@ -125,7 +150,89 @@ def heartbeat(head:str,           # the stage's line prefix, e.g. "[10/13] 10_fi
     try: yield
     finally: stop.set(); th.join()
 
-# %% ../nbs/90_reproduce.ipynb #ce0d5386
+# %% ../nbs/90_reproduce.ipynb #b3423d85
+def _stat(pid): # a process id
+    "`(ppid, pgid, start time)` of a live process from `/proc/PID/stat`, or None."
+    try: f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return None
+    return int(f[1]), int(f[2]), int(f[19])
+
+def descendants(pid:int): # a process id
+    "The ids of every live descendant of `pid` (Linux `/proc`; an empty list elsewhere)."
+    kids = defaultdict(list)
+    for d in Path("/proc").glob("[0-9]*"):
+        st = _stat(d.name)
+        if st: kids[st[0]].append(int(d.name))
+    out, todo = [], list(kids[pid])
+    while todo:
+        c = todo.pop(); out.append(c); todo += kids[c]
+    return out
+
+# %% ../nbs/90_reproduce.ipynb #1a2b0df7
+def guard_descendants(parent:int,       # the process to watch (the run)
+                      every:float=0.5):  # seconds between looks at its descendants
+    "The watchdog's body: when `parent` dies without writing `done` to our stdin, kill the processes it left behind."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)                # a Ctrl-C for the run is not ours: we clean up after it
+    seen, ended, said = {}, threading.Event(), []
+    def read():
+        said.append(sys.stdin.buffer.read()); ended.set()
+    threading.Thread(target=read, daemon=True).start()
+    while not ended.wait(every):
+        for p in descendants(parent):
+            if p != os.getpid() and p not in seen and (st := _stat(p)): seen[p] = st
+    if b"done" in said[0]: return
+    alive = [p for p, st in seen.items() if (now := _stat(p)) and now[2] == st[2]]
+    doomed = set(alive) | {q for p in alive for q in descendants(p)}
+    groups = {st[1] for p, st in seen.items() if st[1] == p and st[1] != os.getpgid(0)}   # groups our kernels lead
+    for g in groups:
+        with contextlib.suppress(OSError): os.killpg(g, signal.SIGKILL)
+    for p in doomed:
+        with contextlib.suppress(OSError): os.kill(p, signal.SIGKILL)
+    for d in Path(tempfile.gettempdir()).glob(KERNEL_DIR_PREFIX + "*"):
+        with contextlib.suppress(OSError, ValueError):
+            if int((d/"owner.pid").read_text()) == parent: shutil.rmtree(d, ignore_errors=True)
+
+# %% ../nbs/90_reproduce.ipynb #e114af22
+@contextlib.contextmanager
+def kernel_guard():
+    "While the block runs, a watchdog process stands ready to kill what this process leaves behind if it is killed (kill -9 too)."
+    if not Path("/proc/self/stat").exists(): yield None; return
+    g = subprocess.Popen([sys.executable, "-c", "import sys; from sarlang_nb.reproduce import guard_descendants; guard_descendants(int(sys.argv[1]))",
+                          str(os.getpid())], stdin=subprocess.PIPE, start_new_session=True)
+    try: yield g
+    finally:
+        with contextlib.suppress(OSError): g.stdin.write(b"done"); g.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired): g.wait(timeout=10)
+
+# %% ../nbs/90_reproduce.ipynb #bb53e33b
+_TMP_RE = re.compile(r"^\..+\.tmp$")   # core.atomic_writer's temporary files: .NAME.XXXX.tmp
+
+def _open_paths():
+    "Every path some process holds open (Linux `/proc`), or None where that cannot be known."
+    if not Path("/proc/self/fd").exists(): return None
+    out = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError): out.add(os.readlink(fd))
+    return out
+
+def _pid_alive(pid:int): # a process id
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True
+
+def clean_partial_files(rd): # a `RunDir`
+    "Remove the half-written temporary files a killed run left in `rd`, and kernel folders whose owner is gone; returns what was removed."
+    held, removed, now = _open_paths(), [], time.time()
+    for p in rd.path.rglob(".*.tmp"):
+        if not p.is_file() or not _TMP_RE.match(p.name): continue
+        if (str(p.resolve()) in held) if held is not None else (now - p.stat().st_mtime < 3600): continue
+        with contextlib.suppress(OSError): p.unlink(); removed.append(p)
+    for d in Path(tempfile.gettempdir()).glob(KERNEL_DIR_PREFIX + "*"):
+        with contextlib.suppress(OSError, ValueError):
+            if not _pid_alive(int((d/"owner.pid").read_text())): shutil.rmtree(d); removed.append(d)
+    return removed
+
+# %% ../nbs/90_reproduce.ipynb #fa13b1ec
 def check_paper_inputs(data_root,             # --data-root
                        model_paths:dict,      # --model-path values
                        workflow:str="release"): # the run's workflow: "release" or "rebuild"
@@ -140,9 +247,11 @@ def check_paper_inputs(data_root,             # --data-root
     for name, p in model_paths.items():
         if not Path(p).is_dir(): raise SarlangError(f"--model-path {name}={p}: no such folder (point it at local weights)")
 
+# %% ../nbs/90_reproduce.ipynb #43156987
 PARAMS_FILE = "reproduce_params.json"   # {stage: the parameters it last completed with}, for --resume
 
-def stage_params(defaults:dict, base:dict): # a stage's `parameter_defaults`; the parameters of this run
+def stage_params(defaults:dict, # a stage's `parameter_defaults`
+                 base:dict):    # the parameters of this run
     "The stage options it runs with (given or default), as JSON keeps them; config keys are left to config.json."
     config_keys = {"run_dir", "overrides", "profile", *PROFILES["smoke"], *PROFILES["paper"]}   # checked against config.json
     return {k: json.loads(json.dumps(base.get(k, defaults[k]), default=str))     # tuples become lists, as in the record
@@ -153,6 +262,7 @@ def _abs_if_path(v): # a --param value
     if isinstance(v, str) and v and "\n" not in v and not os.path.isabs(v) and Path(v).exists(): return str(Path(v).absolute())
     return v
 
+# %% ../nbs/90_reproduce.ipynb #15688890
 def reproduce(run_dir="runs/smoke",   # the run folder
               profile:str="smoke",    # "smoke" or "paper"
               stages:str|None=None,   # subset, e.g. "02,05"; None: all
@@ -174,10 +284,11 @@ def reproduce(run_dir="runs/smoke",   # the run folder
     rd = RunDir(run_dir)
     if resume and rd.config:   # a resumed run keeps its release and weights unless the flags name others
         data_root = data_root or rd.config.get("data_root")
-        model_paths = model_paths or dict(rd.config.get("model_paths") or {})
+        model_paths = model_paths or {n: str(rd.model_path(n)) for n in rd.config.get("model_paths", None) or {}}
     if profile == "paper": check_paper_inputs(data_root, model_paths, params.get("workflow") or (rd.config.get("workflow") if resume else None) or PROFILES["paper"]["workflow"])
     params = {k: _abs_if_path(v) for k, v in params.items()}   # the stages run in another folder
     rd.create()
+    for p in clean_partial_files(rd): print(f"removed {p} (left half-written by a run that was killed)", file=out, flush=True)
     base = dict(run_dir=str(rd.path), profile=profile, data_root=str(Path(data_root).absolute()) if data_root else None,
                 model_paths={k: str(Path(v).absolute()) for k, v in model_paths.items()}, **params)
     defaults = {nb: parameter_defaults(nb) for nb in todo}      # each notebook inspected once
@@ -199,64 +310,59 @@ def reproduce(run_dir="runs/smoke",   # the run folder
         update_config(rd, profile, **keep, **base["overrides"])
         if base["overrides"]: print(f"config.json: {', '.join(f'{k}={v!r}' for k, v in base['overrides'].items())} (stage 00_core not selected)", file=out, flush=True)
     print(f"sarlang-reproduce: profile {profile}, run dir {rd.path}, {len(todo)} stage(s): {', '.join(s.stem for s in todo)}", file=out, flush=True)
-    ran, skipped, times, t0 = [], [], {}, time.time()
+    ran, skipped, incomplete, times, t0 = [], [], [], {}, time.time()
     done_params = read_json(rd.manifests/PARAMS_FILE) if (rd.manifests/PARAMS_FILE).exists() else {}
     w = max(len(s.stem) for s in todo) if todo else 10
-    for i, nb in enumerate(todo, 1):
-        head = f"[{i}/{len(todo)}] {nb.stem:<{w}}"
-        mine = stage_params(defaults[nb], base)
-        if resume and rd.stage_complete(nb.stem):
-            changed = sorted(k for k in mine if done_params.get(nb.stem, {}).get(k, mine[k]) != mine[k])
-            if not changed: print(f"{head}  skipped (complete manifest)", file=out, flush=True); skipped.append(nb.stem); continue
-            print(f"{head}  re-run: {', '.join(changed)} changed since it completed", file=out, flush=True)
-        t = time.time()
-        (rd.manifests/f"{nb.stem}.json").unlink(missing_ok=True)  # running again: complete only if this run completes
-        try:
-            with heartbeat(head, rd.notebooks/nb.name, out): run_stage(nb, rd.notebooks/nb.name, base, kernel, log_output)
-        except StageFailed:
-            print(f"{head}  FAILED after {time.time()-t:.1f} s", file=out, flush=True); raise
-        times[nb.stem] = round(time.time() - t, 2); ran.append(nb.stem)
-        done_params[nb.stem] = mine; write_json(rd.manifests/PARAMS_FILE, done_params)
-        print(f"{head}  ok  {times[nb.stem]:7.1f} s", file=out, flush=True)
+    with kernel_guard():                                # a killed run leaves no kernel behind
+        for i, nb in enumerate(todo, 1):
+            head = f"[{i}/{len(todo)}] {nb.stem:<{w}}"
+            mine = stage_params(defaults[nb], base)
+            if resume and rd.stage_complete(nb.stem):
+                changed = sorted(k for k in mine if done_params.get(nb.stem, {}).get(k, mine[k]) != mine[k])
+                if not changed: print(f"{head}  skipped (complete manifest)", file=out, flush=True); skipped.append(nb.stem); continue
+                print(f"{head}  re-run: {', '.join(changed)} changed since it completed", file=out, flush=True)
+            t = time.time()
+            (rd.manifests/f"{nb.stem}.json").unlink(missing_ok=True)  # running again: complete only if this run completes
+            try:
+                with heartbeat(head, rd.notebooks/nb.name, out): run_stage(nb, rd.notebooks/nb.name, base, kernel, log_output)
+            except StageFailed:
+                print(f"{head}  FAILED after {time.time()-t:.1f} s", file=out, flush=True); raise
+            times[nb.stem] = round(time.time() - t, 2); ran.append(nb.stem)
+            if not rd.stage_complete(nb.stem):      # it ran to the end, but did not record (all) its outputs: not done
+                incomplete.append(nb.stem)
+                print(f"{head}  INCOMPLETE  {times[nb.stem]:7.1f} s: the notebook ran but recorded no complete manifest "
+                      f"({rd.manifests/(nb.stem + '.json')}); --resume runs it again", file=out, flush=True)
+                continue
+            done_params[nb.stem] = mine; write_json(rd.manifests/PARAMS_FILE, done_params)
+            print(f"{head}  ok  {times[nb.stem]:7.1f} s", file=out, flush=True)
     summary = dict(profile=profile, ran=ran, skipped=skipped, seconds=times, total_seconds=round(time.time()-t0, 2))
+    if incomplete: summary["incomplete"] = incomplete
     write_json(rd.manifests/"reproduce.json", summary)
     print(f"ran {len(ran)} stage(s): {', '.join(ran) or 'none'}" + (f"; skipped {len(skipped)}: {', '.join(skipped)}" if skipped else "")
+          + (f"; {len(incomplete)} incomplete: {', '.join(incomplete)}" if incomplete else "")
           + f"; {summary['total_seconds']:.1f} s in all", file=out, flush=True)
     return summary
 
-# %% ../nbs/90_reproduce.ipynb #45a8ea94
-def _parser():
-    p = argparse.ArgumentParser(prog="sarlang-reproduce",
-        description="Run the sarlang-nb stage notebooks in order with papermill into a run directory.",
-        epilog="Secrets (OPENAI_API_KEY, ...) are read from the environment by the stages that need them and are "
-               "never written to config.json or the executed notebooks.")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke",
-                   help="smoke (default): synthetic world, tiny models, CPU; paper: real release, local weights, GPU")
-    p.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>)")
-    p.add_argument("--stages", default=None, metavar="LIST",
-                   help="subset of stages by number, name or range, e.g. 02,05 or preprocess,vqa or 00-05 (default: all)")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="paper profile: the SARLANG-1M release folder")
-    p.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
-                   help="paper profile: local weights of a model, e.g. qwen2.5-vl=/models/Qwen2.5-VL-7B-Instruct (repeatable)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="stage option passed to every selected stage that declares KEY (value parsed as JSON when it can be; a relative path to an existing file or folder is made absolute; repeatable)")
-    p.add_argument("--resume", action="store_true", help="skip stages whose manifest is complete, whose outputs exist and whose parameters are unchanged (a stage given new --param values runs again; the run keeps its config.json: new config values, --data-root or --model-path need a run without --resume)")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel to run the notebooks with (default: python3)")
-    p.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
-    p.add_argument("--notebooks", default=None, metavar="DIR", help="run the stage notebooks in DIR instead of the package's own")
-    p.add_argument("--list", action="store_true", help="list the stages and exit")
-    return p
+# %% ../nbs/90_reproduce.ipynb #3828a882
+def reproduce_command(profile:Annotated[str, {"choices": sorted(PROFILES)}]="smoke", # smoke: synthetic world, tiny models, CPU; paper: real release, local weights, GPU
+                      run_dir:str=None,                                   # run folder (default: runs/<profile>)
+                      stages:Annotated[str, {"metavar": "LIST"}]=None,    # subset of stages by number, name or range, e.g. 02,05 or preprocess,vqa or 00-05 (default: all)
+                      data_root:Annotated[str, {"metavar": "DIR"}]=None,  # paper profile: the SARLANG-1M release folder
+                      model_path:Annotated[str, {"action": "append", "metavar": "NAME=PATH"}]=None, # paper profile: local weights of a model, e.g. qwen2.5-vl=/models/Qwen2.5-VL-7B-Instruct (repeatable)
+                      param:Annotated[str, {"action": "append", "metavar": "KEY=VALUE"}]=None, # stage option passed to every selected stage that declares KEY (value parsed as JSON when it can be; a relative path to an existing file or folder is made absolute; repeatable)
+                      resume:store_true=False,                            # skip stages whose manifest is complete, whose outputs exist and whose parameters are unchanged (a stage given new --param values runs again; the run keeps its config.json: new config values, --data-root or --model-path need a run without --resume)
+                      kernel:str="python3",                               # Jupyter kernel to run the notebooks with
+                      log_output:store_true=False,                        # stream the notebooks' output to the terminal
+                      notebooks:Annotated[str, {"metavar": "DIR"}]=None,  # run the stage notebooks in DIR instead of the package's own
+                      list:store_true=False):                             # list the stages and exit
+    """Run the sarlang-nb stage notebooks in order with papermill into a run directory. Secrets (OPENAI_API_KEY, ...) are read from the environment by the stages that need them and are never written to config.json or the executed notebooks."""
+    if list:
+        for nb in stage_notebooks(notebooks): print(nb.stem)
+        return
+    s = reproduce(run_dir or f"runs/{profile}", profile, stages, data_root, parse_kv(model_path, "--model-path", parse_json=False),
+                  parse_kv(param, "--param"), resume, kernel, log_output, notebooks)
+    if s.get("incomplete"):
+        print(f"sarlang-reproduce: {len(s['incomplete'])} stage(s) ran but recorded no complete manifest: {', '.join(s['incomplete'])}", file=sys.stderr)
+        return EXIT_PARTIAL
 
-def main(argv=None): # command-line arguments (default: sys.argv[1:])
-    "Console entry point of `sarlang-reproduce`."
-    a = _parser().parse_args(argv)
-    try:
-        if a.list:
-            for nb in stage_notebooks(a.notebooks): print(nb.stem)
-            return 0
-        reproduce(a.run_dir or f"runs/{a.profile}", a.profile, a.stages, a.data_root,
-                  parse_kv(a.model_path, "--model-path", parse_json=False), parse_kv(a.param, "--param"),
-                  a.resume, a.kernel, a.log_output, a.notebooks)
-    except SarlangError as e:
-        print(f"sarlang-reproduce: error: {e}", file=sys.stderr); return 1
-    return 0
+main = command(reproduce_command, "sarlang-reproduce")   # console entry point: main(argv=None) -> exit status
