@@ -326,7 +326,7 @@ def _place_targets(rng, lc, geo, S, stype):
                         _try(rng, lc, S, "tank", dict(L=2*r*rng.uniform(0.95, 1.05), heading=0.0), cy, cx, [LC["bare"], LC["road"]], placed)
     return placed
 
-# %% ../nbs/03_synthetic.ipynb #f3ef193b
+# %% ../nbs/03_synthetic.ipynb #9d15bfa4
 _NL = len(LANDCOVER)
 _ALLCLS = LANDCOVER + CLASSES            # pixel classes: land covers, then targets (index _NL + class index)
 
@@ -349,6 +349,7 @@ def _textures(rng, S, lc):
 def _scene_colours(rng):
     return {n: LC_COLOURS[n][int(rng.integers(len(LC_COLOURS[n])))] for n in LANDCOVER}
 
+# %% ../nbs/03_synthetic.ipynb #9ed771db
 def generate_scene(rng,                 # numpy Generator of this scene
                    primary:str,         # the class the scene is built around (decides the scene type)
                    size:int=256,        # scene side in pixels
@@ -401,6 +402,7 @@ def generate_scene(rng,                 # numpy Generator of this scene
                 objects=objects, rgb_colours={n: colours[n] for i, n in enumerate(LANDCOVER) if frac[i] > 0})
     return inten, rgb, lc, meta
 
+# %% ../nbs/03_synthetic.ipynb #025854b3
 def to_display(intensity,             # intensity image (linear)
                ref:float=DISPLAY_REF): # the intensity shown as white (DN 255)
     "8-bit display image: grey level proportional to amplitude, DN = 255*sqrt(I/ref) (sario reads it back as (DN/255)^2)."

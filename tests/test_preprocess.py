@@ -474,3 +474,33 @@ def test_workers_end_when_the_command_is_killed(tmp_path, reap):
     r = subprocess.run(CLI + [str(src), "--out", str(out), "--quiet", "--workers", "2"], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(list(out.rglob("*.png"))) == 61 and sorted(p.name for p in out.rglob("*.tmp")) == []
+
+
+# ------------------------------------------------------------------ issue 12/17: the command from docments, hints that exist
+def test_cli_help_keeps_the_flags(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--out", "--pol", "--rule", "--enl", "--noise", "--stored", "--percentiles", "--workers", "--device",
+                 "--overwrite", "--report", "--quiet"): assert flag in out, flag
+
+
+def _hints(mod):
+    "(flags, Python argument names) that `mod`'s source names in its messages."
+    import inspect, re
+    s = inspect.getsource(mod)
+    py = {n for h in re.findall(r"Python: ([^)]*)\)", s) for n in (re.findall(r"(\w+)=", h) or [h.strip()])}
+    py |= set(re.findall(r"read_raster\(\.\.\., (\w+)=", s))
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", s)), py
+
+
+@pytest.mark.parametrize("modname", ["sarlang_nb.preprocess", "sarlang_nb.sario"])
+def test_hints_name_options_that_exist(modname):
+    "Every --flag the messages name is a flag of sarlang-preprocess; every `(Python: arg=)` an argument of the module's functions."
+    import importlib, inspect
+    from fastcore.script import anno_parser
+    mod = importlib.import_module(modname)
+    flags = {o for a in anno_parser(P.preprocess_cmd)._actions for o in a.option_strings}
+    args = {p for f in vars(mod).values() if inspect.isfunction(f) for p in inspect.signature(f).parameters}
+    named_flags, named_args = _hints(mod)
+    assert named_flags and named_flags <= flags, named_flags - flags
+    assert named_args <= args, named_args - args

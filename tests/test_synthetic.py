@@ -261,3 +261,16 @@ def test_replaced_world_drops_its_preprocessed_images(tmp_path):
     assert pre.read_bytes() == b"preprocessed from seed 0"
     syn.build_world(tmp_path, n_scenes=3, seed=1, size=128, overwrite=True, show_progress=False)  # another world
     assert not pre.exists()
+
+
+def test_hints_name_options_that_exist():
+    "Every --flag the module's messages name is a flag of sarlang-synth; every `(Python: arg=)` an argument of its functions."
+    import inspect, re
+    from fastcore.script import anno_parser
+    flags = {o for a in anno_parser(syn.synth_cmd)._actions for o in a.option_strings}
+    s = inspect.getsource(syn)
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", s))
+    assert named and named <= flags, named - flags
+    args = {p for f in vars(syn).values() if inspect.isfunction(f) for p in inspect.signature(f).parameters}
+    py = {n for h in re.findall(r"Python: ([^)]*)\)", s) + re.findall(r"pass (\w+=\w+)", s) for n in (re.findall(r"(\w+)=", h) or [h.strip()])}
+    assert py and py <= args, py - args
