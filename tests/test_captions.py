@@ -11,6 +11,7 @@ from sarlang_nb import captions as C
 from sarlang_nb.core import open_run, SarlangError
 from sarlang_nb.llm import ChatTestServer, LLMCache, last_user_text
 from sarlang_nb.vqa import read_jsonl
+from sarlang_nb.testing import tiny_blip
 
 def _reply(req):
     t = last_user_text(req)
@@ -114,7 +115,7 @@ def test_parse_inquiries():
 
 def test_hf_captioner_from_local_folder(tmp_path):
     js = _jobs(tmp_path, 3)
-    hf = C.HFCaptioner(C.tiny_blip(tmp_path/"blip"), batch_size=2, min_new_tokens=3, max_new_tokens=6)
+    hf = C.HFCaptioner(tiny_blip(tmp_path/"blip"), batch_size=2, min_new_tokens=3, max_new_tokens=6)
     out = hf.caption(js + [C.CaptionJob("x", "SARimages/x.png", str(tmp_path/"nope.png"))], "concise")
     assert all(isinstance(t, str) and t and e is None for t, e in out[:3]) and out[3][0] is None and "nope.png" in out[3][1]
     r = C.run_captions(js, hf, tmp_path/"c.jsonl", styles=["concise"])
@@ -227,7 +228,7 @@ def test_job_without_rgb_is_a_job_error(tmp_path):
         assert r["written"] == 2 and r["errors"] == [("0000009", "concise", "job 0000009 has no optical image (rgb)")]
         ri = C.run_inquiries(js, C.OpenAIInquirer(cap), tmp_path/"inq.jsonl")
         assert ri["written"] == 4 and ri["errors"] == [("0000009", "job 0000009 has no optical image (rgb)")]
-    hf = C.HFCaptioner(C.tiny_blip(tmp_path/"blip"), max_new_tokens=3)
+    hf = C.HFCaptioner(tiny_blip(tmp_path/"blip"), max_new_tokens=3)
     out = hf.caption(js, "concise")
     assert out[2] == (None, "job 0000009 has no optical image (rgb)") and all(t for t, _ in out[:2])
 
@@ -254,3 +255,15 @@ def test_qc_fix_never_writes_wrong_grammatical_number():
         "Four ships are docked at the pier next to a harbor."
     t = "A 300 m long bridge crosses the river between two urban areas."
     assert C.qc_caption(t, "complex", {"bridge": 1}, cfg) == (t, [], [])
+
+
+def test_hf_captioner_refuses_a_decompression_bomb_per_job(tmp_path, monkeypatch):
+    "An optical image over the pixel limit was decoded by PIL (or crashed the batch); now it is that job's error, the others are captioned."
+    monkeypatch.setenv("SARLANG_MAX_PIXELS", "50000")
+    for i in range(2): Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path/f"{i}.png")
+    Image.new("RGB", (300, 300)).save(tmp_path/"huge.png")
+    hf = C.HFCaptioner(tiny_blip(tmp_path/"blip"), max_new_tokens=3)
+    jobs = [C.CaptionJob(str(i), f"SARimages/{i}.png", str(tmp_path/f"{i}.png")) for i in range(2)] + [C.CaptionJob("9", "SARimages/9.png", str(tmp_path/"huge.png"))]
+    res = hf.caption(jobs, "concise")
+    assert all(t and e is None for t, e in res[:2])
+    assert res[2][0] is None and "cannot read optical image" in res[2][1] and "huge.png" in res[2][1]
