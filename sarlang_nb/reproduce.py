@@ -288,7 +288,8 @@ def reproduce(run_dir="runs/smoke",   # the run folder
     if profile == "paper": check_paper_inputs(data_root, model_paths, params.get("workflow") or (rd.config.get("workflow") if resume else None) or PROFILES["paper"]["workflow"])
     params = {k: _abs_if_path(v) for k, v in params.items()}   # the stages run in another folder
     rd.create()
-    for p in clean_partial_files(rd): print(f"removed {p} (left half-written by a run that was killed)", file=out, flush=True)
+    if resume:   # what a killed run left (the walk costs a few seconds on a release-sized run folder, so only when resuming)
+        for p in clean_partial_files(rd): print(f"removed {p} (left half-written by a run that was killed)", file=out, flush=True)
     base = dict(run_dir=str(rd.path), profile=profile, data_root=str(Path(data_root).absolute()) if data_root else None,
                 model_paths={k: str(Path(v).absolute()) for k, v in model_paths.items()}, **params)
     defaults = {nb: parameter_defaults(nb) for nb in todo}      # each notebook inspected once
