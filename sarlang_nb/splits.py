@@ -21,7 +21,7 @@ __all__ = ['SPLITS', 'SARDET_SPLITS', 'NOT_TRANSCRIBED', 'PAPER_TABLE6', 'TABLE6
            'write_split_release', 'run_records', 'split_run', 'file_split', 'read_release_splits', 'run_cmd',
            'records_cmd', 'check_cmd', 'split_release', 'run_stage']
 
-# %% ../nbs/07_splits.ipynb #60e8df6e
+# %% ../nbs/07_splits.ipynb #37744a7e
 SPLITS = ("train", "test")
 SARDET_SPLITS = {"train": "train", "val": "test", "test": "test"}   # SARDet-100K split -> SARLANG-1M split (see above)
 
@@ -31,6 +31,7 @@ def split_hash(image_id:str, # the image's id (file stem)
     h = hashlib.sha256(f"sarlang-split\x00{seed}\x00{image_id}".encode("utf-8")).digest()
     return int.from_bytes(h[:8], "big") / 2.0**64
 
+# %% ../nbs/07_splits.ipynb #561142b4
 def hash_split(image_id:str,              # the image's id
                seed:int=0,                # split seed
                test_fraction:float=0.3):  # share of images in test
@@ -310,7 +311,7 @@ def _hashes_for(root, recs, cache):
     files = {k: f for k, r in first.items() if (f := find_image_file(root, r)) is not None}
     return content_hashes(files, cache)
 
-# %% ../nbs/07_splits.ipynb #e78e6b1a
+# %% ../nbs/07_splits.ipynb #bbb62b55
 def file_split(path): # a release text file
     "The split a release file stands for: its folder (train/test) or its caption file name; None if neither."
     from sarlang_nb.formats import CAPTION_FILES
@@ -319,6 +320,7 @@ def file_split(path): # a release text file
     if p.parent.name.lower() in SPLITS: return p.parent.name.lower()
     return None
 
+# %% ../nbs/07_splits.ipynb #b8d9a972
 def read_release_splits(root): # dataset root holding Text/
     "(captions, vqa, n_disagreeing): the records of a release layout with `split` taken from their file."
     from sarlang_nb import formats

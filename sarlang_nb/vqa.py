@@ -247,7 +247,7 @@ def image_questions(img:DetImage,        # the image and its boxes
             out.append(("region", ch(_T["region"]).format(box="[" + ", ".join(map(str, k)) + "]"), b[0]))
     return out
 
-# %% ../nbs/05_vqa.ipynb #7f2dba6b
+# %% ../nbs/05_vqa.ipynb #e312d18f
 IMAGE_FIELDS = ("file_name", "stem", "id", "split")
 
 def check_image_template(template:str): # how `image` is built, e.g. "SARimages/{stem}.png"
@@ -260,6 +260,7 @@ def check_image_template(template:str): # how `image` is built, e.g. "SARimages/
     fields = " ".join("{" + f + "}" for f in IMAGE_FIELDS)
     raise SarlangError(f"bad image template {template!r}: {why}; the fields are {fields} (write a literal brace as {{{{ or }}}})")
 
+# %% ../nbs/05_vqa.ipynb #c52e61d2
 def _image_seed(seed, image_id): return zlib.crc32(f"{seed}:{image_id}".encode())
 
 def vqa_records(coco,                      # COCO json path, or a `(categories, images)` pair from `load_coco`
