@@ -117,7 +117,7 @@ def metadata_caption(sc:dict,           # a scene dict (world/scenes.jsonl)
         out.append(s)
     return " ".join(out)
 
-# %% ../nbs/06_captions.ipynb #fcec1847
+# %% ../nbs/06_captions.ipynb #3fd07a17
 STYLES = ("concise", "complex")
 
 @dataclass
@@ -130,6 +130,7 @@ class CaptionJob:
     split: str|None = None      # the records' `split`
     scene: dict|None = None     # scene metadata (synthetic world), when known
 
+# %% ../nbs/06_captions.ipynb #6fdc47ee
 def rgb_path(job:CaptionJob, # a job
              root=None        # the folder that relative `rgb` paths are under
             ) -> Path:
@@ -396,7 +397,7 @@ def metadata_inquiries(sc:dict,                     # a scene dict
                     "answer": "Yes" if "harbor" in groups or ("ship" in groups and water > 0.3 and "port" in sc.get("landcover", {})) else "No"})
     return out
 
-# %% ../nbs/06_captions.ipynb #02020742
+# %% ../nbs/06_captions.ipynb #73b3ed76
 class OpenAIInquirer:
     "General inquiries from an OpenAI-compatible vision model (JSON replies, validated)."
     def __init__(self,
@@ -419,6 +420,7 @@ class OpenAIInquirer:
         for i, r in zip(reqs, res): out[i] = (r.value if r.ok else None, r.error)
         return out
 
+# %% ../nbs/06_captions.ipynb #a52f5387
 class MetadataInquirer:
     "Offline general inquiries from scene metadata."
     name = "offline-metadata-v1"
@@ -549,7 +551,7 @@ def qc_caption(text:str,                   # the caption
     if not lo <= len(t.split()) <= hi: kinds.append("length"); return None, kinds, changes
     return t, kinds, changes
 
-# %% ../nbs/06_captions.ipynb #af3af802
+# %% ../nbs/06_captions.ipynb #950e626a
 @dataclass
 class QCReport:
     "What quality control found and did."
@@ -562,6 +564,7 @@ class QCReport:
         return {"n_in": self.n_in, "n_out": self.n_out, "kinds": dict(self.kinds), "actions": dict(self.actions),
                 "examples": {k: [list(e) for e in v] for k, v in self.examples.items()}}
 
+# %% ../nbs/06_captions.ipynb #34977703
 def _ex(rep, kind, before, after, k=3):
     rep.examples.setdefault(kind, [])
     if len(rep.examples[kind]) < k: rep.examples[kind].append((before, after))
