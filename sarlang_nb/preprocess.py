@@ -21,10 +21,10 @@ from .cli import command, positive_int, EXIT_OK, EXIT_ERROR, EXIT_PARTIAL
 from .sario import read_raster, find_images
 
 # %% auto #0
-__all__ = ['MASK_NAMES', 'RULES', 'NOISES', 'TIE_RTOL', 'THREADS', 'OPTIONS_FILE', 'main', 'SMOKE_REQUIRES', 'half_window_masks',
-           'refined_lee_reference', 'torch_threads', 'refined_lee', 'edge_direction', 'refined_lee_snap_reference',
-           'tie_explained', 'log_stretch', 'load_intensity', 'preprocess', 'enl_estimate', 'homogeneous_patch',
-           'preprocess_file', 'run_pool', 'preprocess_batch', 'preprocess_cmd', 'run_stage']
+__all__ = ['MASK_NAMES', 'RULES', 'NOISES', 'TIE_RTOL', 'THREADS', 'OPTIONS_FILE', 'main', 'REQUIRES', 'SMOKE_REQUIRES',
+           'half_window_masks', 'refined_lee_reference', 'torch_threads', 'refined_lee', 'edge_direction',
+           'refined_lee_snap_reference', 'tie_explained', 'log_stretch', 'load_intensity', 'preprocess', 'enl_estimate',
+           'homogeneous_patch', 'preprocess_file', 'run_pool', 'preprocess_batch', 'preprocess_cmd', 'run_stage']
 
 # %% ../nbs/02_preprocess.ipynb #40d8139d
 MASK_NAMES = ("right", "upper-right", "top", "upper-left", "left", "lower-left", "bottom", "lower-right")
@@ -828,7 +828,8 @@ def preprocess_cmd(src:Annotated[str, {"nargs": "+"}], # image files and/or fold
 
 main = command(preprocess_cmd, "sarlang-preprocess")   # console entry point: main(argv=None) -> exit status
 
-# %% ../nbs/02_preprocess.ipynb #b18ef67e
+# %% ../nbs/02_preprocess.ipynb #6ba65866
+REQUIRES = ()                      # the paper profile reads the release (config `data_root`): no other stage
 SMOKE_REQUIRES = ("03_synthetic",)   # the smoke profile's raw images: the synthetic world's GeoTIFFs
 
 def _stage_inputs(rd, images):
@@ -847,7 +848,7 @@ def _stage_inputs(rd, images):
     if not raws: print(f"no raw rasters under {src}: the release's SARimages/ are already preprocessed, nothing to do")
     return src, raws
 
-# %% ../nbs/02_preprocess.ipynb #53659a4b
+# %% ../nbs/02_preprocess.ipynb #38111844
 def run_stage(rd,                      # the run (a `RunDir`)
               rule:str="closest",      # refined Lee edge rule
               noise:str="enl",         # speckle variance: "enl" or "local"
@@ -857,6 +858,7 @@ def run_stage(rd,                      # the run (a `RunDir`)
               workers:int=1,           # worker processes
               images:str="png"):       # paper profile: "png" (the release's preprocessed images) or "tif" (its originals)
     "Stage 02: preprocess the run's raw rasters into `SARimages/<id>.png` (resuming), report failures; returns the report."
+    rd.require(*REQUIRES)
     cfg = rd.config
     smoke = bool(cfg.get("n_scenes"))
     src, raws = _stage_inputs(rd, images)

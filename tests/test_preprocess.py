@@ -504,3 +504,18 @@ def test_hints_name_options_that_exist(modname):
     named_flags, named_args = _hints(mod)
     assert named_flags and named_flags <= flags, named_flags - flags
     assert named_args <= args, named_args - args
+
+
+def test_run_stage_preprocesses_the_runs_world(tmp_path):
+    "Stage 02's entry point: the world's raw GeoTIFFs -> SARimages/<id>.png, as `preprocess` makes them; resumes; new options redo."
+    from sarlang_nb.core import open_run
+    from sarlang_nb import synthetic
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=4, scene_size=128, seed=1)
+    synthetic.run_stage(rd, show_progress=False)               # what rd.require("03_synthetic") would run first
+    rep = P.run_stage(rd)
+    assert (rep["n_images"], rep["written"]) == (4, 4) and rd.stage_complete("02_preprocess")
+    for s in synthetic.load_scenes(rd):
+        assert np.array_equal(np.asarray(Image.open(rd.path/s["files"]["sar"])), preprocess(rd.path/s["files"]["sar_raw"]))
+    assert P.run_stage(rd)["skipped"] == 4                                  # resumed
+    assert P.run_stage(rd, rule="sign")["written"] == 4                     # other options: all redone (redo_on_change)
+    assert rd.manifest("02_preprocess")["options"]["rule"] == "sign"

@@ -274,3 +274,12 @@ def test_hints_name_options_that_exist():
     args = {p for f in vars(syn).values() if inspect.isfunction(f) for p in inspect.signature(f).parameters}
     py = {n for h in re.findall(r"Python: ([^)]*)\)", s) + re.findall(r"pass (\w+=\w+)", s) for n in (re.findall(r"(\w+)=", h) or [h.strip()])}
     assert py and py <= args, py - args
+
+
+def test_run_stage(tmp_path):
+    "Stage 03's entry point builds the run's world (smoke) or records that the paper profile has none."
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=3, scene_size=128, seed=2)
+    counts = syn.run_stage(rd, show_progress=False)
+    assert counts["scenes"] == 3 and rd.stage_complete("03_synthetic") and len(syn.load_scenes(rd)) == 3
+    rp = open_run(tmp_path/"paper", "paper")
+    assert syn.run_stage(rp) is None and rp.manifest("03_synthetic")["skipped"] is True
