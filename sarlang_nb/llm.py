@@ -164,6 +164,7 @@ def check_base_url(url:str|None,          # an OpenAI-compatible endpoint, e.g. 
     if port == 0: raise bad("port 0; a port must be a number from 1 to 65535")
     return url.strip()
 
+# %% ../nbs/00b_llm.ipynb #94a276ea
 def endpoint_url(s): # command-line text
     "Argument type for `--base-url`: a usable http(s) base URL (see `check_base_url`), else a usage error saying why."
     try: return check_base_url(s)

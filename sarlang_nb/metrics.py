@@ -337,6 +337,7 @@ def default_cache():
     "The LLM cache used when none is given: `$SARLANG_LLM_CACHE`, else `~/.cache/sarlang-nb/llm.sqlite`."
     return Path(os.environ.get("SARLANG_LLM_CACHE") or Path.home()/".cache"/"sarlang-nb"/"llm.sqlite")
 
+# %% ../nbs/12_metrics.ipynb #f84b2f1d
 def judge_client(model:str="gpt-4o-mini", # the judge model
                  base_url=None,             # its endpoint (None: $OPENAI_BASE_URL, else OpenAI)
                  concurrency:int=32,        # requests in flight
@@ -517,6 +518,7 @@ def non_negative_int(s): # command-line text (or a number)
     if v is None or v < 0: raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}")
     return v
 
+# %% ../nbs/12_metrics.ipynb #d2f66903
 def non_negative_float(s): # command-line text (or a number)
     "Argument type: a finite number >= 0."
     try: v = float(s)

@@ -91,6 +91,7 @@ KERNEL_DIR_PREFIX = "sarlang-kernel-"   # the private folder of a stage's kernel
 class StageFailed(SarlangError):
     "A stage notebook failed; the message names the notebook and the cell."
 
+# %% ../nbs/90_reproduce.ipynb #c1198236
 def run_stage(nb:Path,              # the stage notebook
               out:Path,             # where the executed copy goes
               params:dict,          # parameters (only those the notebook declares are passed)
