@@ -227,7 +227,7 @@ def read_sar(path,                   # image file
     if pol is not None: return r.band(pol)
     return r.data[0] if r.data.shape[0] == 1 else r.data
 
-# %% ../nbs/01_sario.ipynb #5b2e0004
+# %% ../nbs/01_sario.ipynb #238867f1
 def declared_shape(path): # an image file: .png/.jpg/.bmp/.tif/.tiff
     "`(bands, H, W)` that a file's header declares, read without decoding any pixel (a `SarlangError` for an unreadable header)."
     path = Path(path)
@@ -249,13 +249,13 @@ def declared_shape(path): # an image file: .png/.jpg/.bmp/.tif/.tiff
     except UnidentifiedImageError: raise SarlangError("not a readable image (unknown or corrupt format)", path) from None
     except (OSError, SyntaxError, ValueError) as e: raise SarlangError(f"corrupt or truncated image ({e})", path) from None
 
+# %% ../nbs/01_sario.ipynb #956ff271
 def check_image_size(path,                   # an image file
                      max_pixels:int|None=None): # the limit in samples (None: `pixel_limit()`)
     "`declared_shape(path)` when it is within the size limit, else the `SarlangError` `read_raster` would raise: for any reader to call before it decodes."
     shape = declared_shape(path)
     _check_size(shape, pixel_limit(max_pixels), path)
     return shape
-
 
 # %% ../nbs/01_sario.ipynb #27aa82e4
 def find_images(*srcs,                 # files and/or folders

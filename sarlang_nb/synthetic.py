@@ -55,7 +55,7 @@ SCENE_TYPE = dict(ship="sea", aircraft="airport", car="urban", tank="industrial"
 DISPLAY_REF = 1.0   # 8-bit display: DN = 255*sqrt(I/DISPLAY_REF), i.e. grey level proportional to amplitude
 WORLD_VERSION = 5   # bumped whenever the generator's output changes
 
-# %% ../nbs/03_synthetic.ipynb #2d07a274
+# %% ../nbs/03_synthetic.ipynb #548fa9d4
 _GRIDS = {}
 def _grid(S):
     "Cached float32 pixel-coordinate grids (yy, xx) of an S x S scene."
@@ -85,6 +85,7 @@ def _rot(xx, yy, S, angle_deg):
     x, y = xx - S/2, yy - S/2
     return x*c + y*s, -x*s + y*c
 
+# %% ../nbs/03_synthetic.ipynb #8685e724
 def _layout(rng, S, stype):
     "Land-cover map (uint8 indices into LANDCOVER) and geometry hints for placing targets."
     yy, xx = _grid(S)
@@ -144,7 +145,7 @@ def _layout(rng, S, stype):
     else: raise SarlangError(f"unknown scene type {stype!r}")
     return lc, geo
 
-# %% ../nbs/03_synthetic.ipynb #82ad3ce0
+# %% ../nbs/03_synthetic.ipynb #4fb64eec
 def _shape(cls, p, dx, dy):
     """Relative brightness (0 outside the target) of target `cls` with parameters `p` at pixel offsets (dx, dy)
     from its centre. Headings are degrees clockwise from image up; u runs bow-ward, v to starboard."""
@@ -188,6 +189,7 @@ def _shape(cls, p, dx, dy):
         z[dock] = 1.0
     return z
 
+# %% ../nbs/03_synthetic.ipynb #8237bb69
 def _extent(cls, p):
     "Half-size of a window that holds the target."
     L = p["L"]
@@ -214,7 +216,7 @@ def _boxes_clear(b, boxes, gap=2):
     x, y, w, h = b
     return all(x + w + gap <= X or X + W + gap <= x or y + h + gap <= Y or Y + H + gap <= y for X, Y, W, H in boxes)
 
-# %% ../nbs/03_synthetic.ipynb #a9d9ddc1
+# %% ../nbs/03_synthetic.ipynb #ce4c9165
 RESOLUTION_M = dict(sea=3.0, port=2.0, river=2.0, airport=1.0, urban=0.5, industrial=1.0)
 
 def _heading_of(dx, dy):
@@ -244,6 +246,7 @@ def _ship(rng, Lmed, heading=None):
     L = float(np.clip(rng.lognormal(math.log(Lmed), 0.35), 0.5*Lmed, 2.6*Lmed))
     return dict(L=L, W=max(3.0, L*rng.uniform(0.13, 0.2)), heading=rng.uniform(0, 360) if heading is None else heading % 360)
 
+# %% ../nbs/03_synthetic.ipynb #6f03f7c6
 def _place_targets(rng, lc, geo, S, stype):
     "Place the targets of one scene (mutates `lc` where a target brings its own land cover, e.g. roads to bridges)."
     placed, W = [], LC["water"]
