@@ -528,7 +528,7 @@ def run_captions(rd): # a RunDir (or any dataset root with a Text/caption folder
         for rec in iter_captions(recs, root=rd.path): out.setdefault(rec.get("style") or "unknown", []).append(rec["caption"])
     return out
 
-# %% ../nbs/08_similarity.ipynb #5e5d23b3
+# %% ../nbs/08_similarity.ipynb #e6877ae2
 def table3_for_run(rd,                       # a RunDir
                    image_ext=None,           # image extractor (default: `image_extractor()`, pixel statistics)
                    text_ext=None,            # text extractor (default: Sentence-BERT MiniLM)
@@ -556,6 +556,8 @@ def table3_for_run(rd,                       # a RunDir
         if len(caps) > 1:
             rows += [similarity_row(name, f"captions ({s})", "text", text_ext, caps[s], ddof, f"{s} captions") for s in sorted(caps)]
     rows = [r for r in rows if r]
+    if not rows: raise SarlangError("nothing to measure here: Table 3 needs two readable images under SARimages/ or RGBimages/, "
+                                    "or two captions under Text/caption/ (or Text/records/captions.jsonl)", rd.path)
     return rows + (paper_rows(paper_values) if paper else [])
 
 # %% ../nbs/08_similarity.ipynb #9f7428b3

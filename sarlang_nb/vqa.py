@@ -73,7 +73,7 @@ def check_box(bbox,         # the annotation's [x, y, w, h]
         raise SarlangError(f"bbox {bbox} lies outside its {im.width}x{im.height} image {im.file_name!r}", path, row)
     return x, y, w, h
 
-# %% ../nbs/05_vqa.ipynb #9f26eab9
+# %% ../nbs/05_vqa.ipynb #ad205775
 def _coco_categories(d, path):
     cats = {}
     for i, c in enumerate(d["categories"]):
@@ -99,7 +99,9 @@ def load_coco(path,               # a COCO detection json file
              ) -> tuple[list, list]:
     "The category names (in the file's order) and the `DetImage`s (in the file's order) of a COCO detection file."
     path = Path(path)
-    d = read_json(path)
+    if path.is_dir(): raise SarlangError("is a folder; give a COCO detection json file", path)
+    try: d = read_json(path)
+    except OSError as e: raise SarlangError(f"cannot read this file ({e.strerror or e})", path) from None
     if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in ("images", "annotations", "categories")):
         raise SarlangError("not a COCO detection file: needs 'images', 'annotations' and 'categories' lists", path)
     cats, imgs = _coco_categories(d, path), _coco_images(d, path)

@@ -269,3 +269,10 @@ def test_shared_flags_before_or_after_the_subcommand_and_usage_errors(tmp_path):
     assert S.main(["texts", str(tmp_path/"c.txt"), "--ddof", "2"]) == 2          # not 0 or 1: usage
     assert S.main(["images"]) == 2                                               # no sources: usage
     assert S.main(["frobnicate"]) == 2 and S.main([]) == 2
+
+
+def test_run_on_a_folder_with_nothing_to_measure_fails(tmp_path, cli):
+    "It wrote a Table 3 of the paper's rows only and exited 0; now nothing is written and the command says why."
+    r = cli("sarlang-similarity", "run", tmp_path)
+    assert r.returncode == 1 and "nothing to measure here" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path/"tables").exists()

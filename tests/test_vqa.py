@@ -240,3 +240,8 @@ def test_duplicate_annotations_are_reported_and_counted_once(tmp_path, capsys):
     assert "2 duplicate annotation(s) skipped" in err and "annotations[2] repeats annotations[0]" in err
     recs = list(vqa.read_jsonl(tmp_path/"o.jsonl"))
     assert {r["answer"] for r in recs if r["qtype"] == "count" and r["image_id"] == "0000001"} == {"2"}
+
+def test_a_folder_for_the_coco_file_is_a_clear_error(tmp_path):
+    "It was an IsADirectoryError traceback."
+    r = _cli(tmp_path, "--out", tmp_path/"o.jsonl")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "is a folder; give a COCO detection json file" in r.stderr, r.stderr
