@@ -626,17 +626,18 @@ def record_stats(records:Iterable,  # text records of any kind
     return {"applications": {a: apps[a] for a in APPLICATIONS}, "others": dict(others.most_common()),
             "categories": dict(cats.most_common(30)), "total": sum(apps.values())}
 
-# %% ../nbs/06_captions.ipynb #8133455f
+# %% ../nbs/06_captions.ipynb #81174289
 def write_stats(stats:dict,           # `record_stats` output
                 rd_or_dir,            # run dir (or folder)
                 name:str="table4_applications", # the table's file stem
-                data:str|None=None):  # the records' provenance, stated in the table (default: the run's)
+                data:str|None=None,   # the records' provenance, stated in the table (default: the run's)
+                failed:str|None=None): # what failed to be made (e.g. "3 caption(s)"), stated in the table
     "Table 4 (md + csv in tables/) and Fig. 4 (png in figures/); returns the files written."
     import matplotlib; import matplotlib.pyplot as plt
     root = Path(getattr(rd_or_dir, "path", rd_or_dir))
     apps, tot = stats["applications"], max(stats["total"], 1)
     if data is None: data = rd_or_dir.provenance if hasattr(rd_or_dir, "provenance") else "unknown"
-    md = f"Table 4 — samples per application (data: {data}; {stats['total']:,} text records).\n\n"
+    md = f"Table 4 — samples per application (data: {data}; {stats['total']:,} text records{f'; not counted: {failed} that failed' if failed else ''}).\n\n"
     md += "| application | samples | share |\n|---|---:|---:|\n" + "".join(f"| {a} | {n:,} | {100*n/tot:.1f}% |\n" for a, n in apps.items())
     md += f"| **total** | **{stats['total']:,}** | 100% |\n"
     csv = "application,samples\n" + "".join(f"{a},{n}\n" for a, n in apps.items())
@@ -687,7 +688,7 @@ def stage_jobs(rd,                 # a RunDir
     return [CaptionJob(p.stem, f"SARimages/{sar[p.stem].name}", str(p), "paired") for p in sorted(rgb.glob("*"))
             if p.is_file() and p.stem in sar]
 
-# %% ../nbs/06_captions.ipynb #8f967063
+# %% ../nbs/06_captions.ipynb #ca26beec
 def run_captions_stage(rd,                    # a RunDir
                        profile:str="smoke",   # the run's profile
                        captioner:str|None=None, # "offline", "openai" or "hf:<folder>" (None: the run's config)
@@ -717,7 +718,11 @@ def run_captions_stage(rd,                    # a RunDir
                   "errors": {"captions": sc["errors"][:50], "inquiries": si["errors"][:50]}}
         write_json(rd.tables/"qc_report.json", report)
         allrecs = [*kc, *ki] + (list(read_jsonl(recs_dir/"vqa.jsonl")) if (recs_dir/"vqa.jsonl").exists() else [])
-        files = write_stats(record_stats(allrecs), rd)
+        nf = {"caption(s)": len(sc["errors"]), "inquiry job(s)": len(si["errors"])}
+        files = write_stats(record_stats(allrecs), rd, failed=", ".join(f"{n} {k}" for k, n in nf.items() if n) or None)
+    if jobs and not kc:    # the stage's work failed: no manifest (a re-run asks again; the raw logs keep what came back)
+        raise SarlangError(f"no caption was made for any of the {len(jobs)} image(s) ({len(sc['errors'])} failed, e.g. {sc['errors'][:1]}): "
+                           "see tables/qc_report.json", rd.tables/"qc_report.json")
     outs = [recs_dir/"captions.jsonl", recs_dir/"inquiries.jsonl", rd.tables/"qc_report.json", *files]
     rd.write_manifest("06_captions", outs, workflow="rebuild", data=rd.provenance, captioner=cap.name, n_jobs=len(jobs), n_captions=len(kc), n_inquiries=len(ki),
                       caption_errors=len(sc["errors"]), inquiry_errors=len(si["errors"]), qc=report["captions"]["kinds"])

@@ -267,3 +267,13 @@ def test_hf_captioner_refuses_a_decompression_bomb_per_job(tmp_path, monkeypatch
     res = hf.caption(jobs, "concise")
     assert all(t and e is None for t, e in res[:2])
     assert res[2][0] is None and "cannot read optical image" in res[2][1] and "huge.png" in res[2][1]
+
+
+def test_stage_fails_when_no_caption_is_made_and_table4_names_failures(tmp_path):
+    "Issue 17 (a stage whose work failed must fail): every captioning call answered 401 -> no manifest, a clear error."
+    rd = open_run(tmp_path/"run", "smoke", n_scenes=8, scene_size=128, paired_fraction=0.5)
+    with ChatTestServer(reply=_reply, fault=lambda n, req: "401") as srv:
+        with pytest.raises(SarlangError, match=r"no caption was made for any of the \d+ image\(s\)"):
+            C.run_captions_stage(rd, "smoke", captioner="openai", base_url=srv.base_url)
+    assert not rd.stage_complete("06_captions")
+    assert "not counted:" in (rd.tables/"table4_applications.md").read_text()
