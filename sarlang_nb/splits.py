@@ -271,7 +271,7 @@ def run_records(rd): # a RunDir
     vqa = [r for f in have["vqa"] for r in formats.iter_vqa(f, root=rd.path)]
     return caps, vqa
 
-# %% ../nbs/07_splits.ipynb #45240471
+# %% ../nbs/07_splits.ipynb #0f20def9
 REQUIRES = ("05_vqa", "06_captions")   # the rebuild workflow splits their records (the release workflow reads the release)
 
 def _report_duplicates(report, prog="07_splits"):
@@ -290,6 +290,7 @@ def split_run(rd,                          # a RunDir
     seed = cfg.get("seed", 0) if seed is None else seed
     profile = cfg.get("profile", "smoke")
     caps, vqa = run_records(rd)
+    if not caps and not vqa: raise SarlangError("the record files hold no record: nothing to split", rd.records)
     caps, vqa, per = assign_splits(caps, vqa, seed, test_fraction)
     roots = image_roots(rd)
     hashes = _hashes_for(roots, caps + vqa, rd.path/"splits"/".content_hashes.json")

@@ -362,7 +362,7 @@ def detection_sources(rd,                     # a RunDir
                                      "SARDet-100K's annotations (--param sardet_annotations=DIR)")
     return [(f, _auto_split(f, "auto")) for f in files]
 
-# %% ../nbs/05_vqa.ipynb #742659f8
+# %% ../nbs/05_vqa.ipynb #e36bbbc7
 REQUIRES = ("03_synthetic",)   # the smoke world's detection boxes (the paper profile's inputs are the release's files)
 
 def run_vqa_stage(rd,                # a RunDir
@@ -375,6 +375,8 @@ def run_vqa_stage(rd,                # a RunDir
     out = rd.records/"vqa.jsonl"
     gens = [vqa_records(f, seed, coords, "sardet", s, "SARimages/{stem}.png") for f, s in detection_sources(rd, sardet_annotations)]
     n = write_records(itertools.chain.from_iterable(gens), out)
+    if n == 0: raise SarlangError("no VQA record was made: the annotation files hold no image with a box or a category to ask about",
+                                  ", ".join(str(f) for f, _ in detection_sources(rd, sardet_annotations)))
     counts = Counter(r["application"] for r in read_jsonl(out))
     rd.write_manifest("05_vqa", [out], workflow="rebuild", data=rd.provenance, n_records=n, per_application=dict(counts), seed=seed, coords=coords)
     return counts

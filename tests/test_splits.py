@@ -192,3 +192,13 @@ def test_usage_errors_exit_2():
     assert SP.main([]) == 2 and SP.main(["nope"]) == 2 and SP.main(["check"]) == 2
     assert SP.main(["records", "--captions", "c.jsonl"]) == 2                    # --out is required
     assert SP.main(["run", "r", "--test-fraction", "x"]) == 2
+
+
+def test_split_of_empty_record_files_fails(tmp_path):
+    "Issue 17 (a stage run on empty input is marked complete): empty record files -> an error, no manifest, no layout."
+    rd = RunDir(tmp_path/"run").create(); rd.write_config({"profile": "paper", "workflow": "rebuild"})
+    for s in ("05_vqa", "06_captions"): rd.write_manifest(s, [])
+    rd.records.mkdir(parents=True, exist_ok=True)
+    (rd.records/"captions.jsonl").write_text(""); (rd.records/"vqa.jsonl").write_text("")
+    with pytest.raises(SarlangError, match="hold no record: nothing to split"): SP.run_stage(rd)
+    assert rd.manifest("07_splits") is None and not (rd.path/"dataset_info.json").exists()

@@ -245,3 +245,11 @@ def test_a_folder_for_the_coco_file_is_a_clear_error(tmp_path):
     "It was an IsADirectoryError traceback."
     r = _cli(tmp_path, "--out", tmp_path/"o.jsonl")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "is a folder; give a COCO detection json file" in r.stderr, r.stderr
+
+def test_stage_fails_when_it_makes_no_record(tmp_path):
+    "Issue 17 (a stage run on empty input is marked complete with no outputs): an annotation file without images -> no manifest."
+    from sarlang_nb.core import RunDir
+    rd = RunDir(tmp_path/"run").create(); rd.write_config({"profile": "paper", "workflow": "rebuild"})
+    (rd.annotations/"train.json").write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 0, "name": "ship"}]}))
+    with pytest.raises(SarlangError, match="no VQA record was made"): vqa.run_stage(rd, sardet_annotations=rd.annotations)
+    assert rd.manifest("05_vqa") is None
