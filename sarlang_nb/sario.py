@@ -14,8 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from .core import SarlangError, atomic_write
 
 # %% auto #0
-__all__ = ['POLS', 'IMAGE_EXTS', 'MAX_PIXELS', 'SarRaster', 'write_geotiff', 'pixel_limit', 'read_raster', 'read_sar',
-           'declared_shape', 'check_image_size', 'find_images']
+__all__ = ['POLS', 'IMAGE_EXTS', 'MAX_PIXELS', 'READERS', 'SarRaster', 'write_geotiff', 'pixel_limit', 'read_raster', 'read_sar',
+           'declared_shape', 'check_image_size', 'find_images', 'run_stage']
 
 # %% ../nbs/01_sario.ipynb #da9ee2c4
 POLS = ("HH", "HV", "VH", "VV")
@@ -269,3 +269,10 @@ def find_images(*srcs,                 # files and/or folders
         elif s.exists(): out.append(s)
         else: raise SarlangError("no such file or folder", s)
     return out
+
+# %% ../nbs/01_sario.ipynb #21b847f0
+READERS = ("png", "jpg", "bmp", "tiff-float32", "tiff-complex64")   # the formats `read_sar` reads
+
+def run_stage(rd): # a `core.RunDir`
+    "Stage 01: record the readers in the run's manifest (it reads no data)."
+    return rd.write_manifest("01_sario", [], readers=list(READERS))
