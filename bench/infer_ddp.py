@@ -30,8 +30,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads of the single process (default 1: the machine is shared)")
     p.add_argument("--device", default="cpu", help="--device (default cpu; cuda: each rank takes cuda:LOCAL_RANK)")
     a = p.parse_args(argv)
-    try: from sarlang_nb.testing import demo_dataset
-    except ImportError: from sarlang_nb.finetune import demo_dataset
+    from sarlang_nb.testing import demo_dataset
     env = {**os.environ, "SARLANG_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d); files = demo_dataset(d/"data", a.images)

@@ -54,14 +54,14 @@ def bench_metrics(a, np, R):
 def bench_train(a, R):
     import torch, numpy as np
     from PIL import Image
-    from sarlang_nb import formats
+    from sarlang_nb.records import write_caption_csv
     with tempfile.TemporaryDirectory() as d:
         root = os.path.join(d, "ds"); os.makedirs(f"{root}/SARimages")
         rng = np.random.default_rng(0); recs = []
         for i in range(64):
             Image.fromarray((rng.gamma(1.0, 40, (256, 256))).clip(0, 255).astype(np.uint8)).save(f"{root}/SARimages/{i:07d}.png")
             recs.append(dict(image=f"SARimages/{i:07d}.png", caption=f"A SAR image with {i % 7} ships near the coast.", style="concise", split="train"))
-        f = f"{root}/Text/caption/Caption-training.csv"; os.makedirs(os.path.dirname(f)); formats.write_caption_csv(f, recs)
+        f = f"{root}/Text/caption/Caption-training.csv"; os.makedirs(os.path.dirname(f)); write_caption_csv(f, recs)
         for mode in ("full", "lora"):
             info = R.finetune_clip(f, os.path.join(d, mode), mode=mode, max_steps=a.steps, batch_size=16, save_steps=10**6, logging_steps=10**6)
             print(f"tiny CLIP ({mode}, batch 16, 64-px images, Trainer + collator + image loading): {info['steps']} steps in "

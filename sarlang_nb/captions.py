@@ -712,7 +712,7 @@ def run_captions_stage(rd,                    # a RunDir
         qc = qc or QCConfig()
         kc, rc = quality_control(_load_log(recs_dir/"captions_raw.jsonl"), counts, qc)
         ki, ri = quality_control(_load_log(recs_dir/"inquiries_raw.jsonl"), None, qc, kind="inquiry")
-        from sarlang_nb.formats import write_json_records
+        from sarlang_nb.records import write_json_records
         write_json_records(recs_dir/"captions.jsonl", kc); write_json_records(recs_dir/"inquiries.jsonl", ki)
         report = {"captions": rc.as_dict(), "inquiries": ri.as_dict(),
                   "errors": {"captions": sc["errors"][:50], "inquiries": si["errors"][:50]}}
@@ -731,7 +731,7 @@ def run_captions_stage(rd,                    # a RunDir
 # %% ../nbs/06_captions.ipynb #a5ec0a1b
 def describe_release_text(rd): # a RunDir whose data_root is the release
     "Release workflow: Table 4 / Fig. 4 of the release's captions and VQA, and the `06_captions` manifest."
-    from sarlang_nb.formats import iter_release
+    from sarlang_nb.records import iter_release
     root = Path(rd.config["data_root"])
     caps = list(progress(iter_release(root, "captions", check_images=True), "release captions", unit="rec"))
     if not caps: raise SarlangError("no caption files in the release (expected Text/caption/Caption-training.csv, Caption_test.csv, Caption_test1.csv)", root/"Text"/"caption")

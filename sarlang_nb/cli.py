@@ -12,7 +12,7 @@ from .core import SarlangError
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_PARTIAL', 'EXIT_INTERRUPTED', 'run_command', 'command', 'subcommands',
-           'positive_int', 'positive_float', 'fraction']
+           'positive_int', 'positive_float', 'fraction', 'non_negative_int', 'non_negative_float']
 
 # %% ../nbs/00c_cli.ipynb #83596d61
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -88,4 +88,20 @@ def fraction(s): # command-line text (or a number)
     try: v = float(s)
     except (TypeError, ValueError): v = math.nan
     if isinstance(s, bool) or not 0 <= v < 1: raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {s!r}")
+    return v
+
+# %% ../nbs/00c_cli.ipynb #d703bfce
+def non_negative_int(s): # command-line text (or a number)
+    "Argument type: an integer >= 0."
+    try: v = int(s) if not isinstance(s, (bool, float)) else None
+    except (TypeError, ValueError): v = None
+    if v is None or v < 0: raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}")
+    return v
+
+# %% ../nbs/00c_cli.ipynb #56b97761
+def non_negative_float(s): # command-line text (or a number)
+    "Argument type: a finite number >= 0."
+    try: v = float(s)
+    except (TypeError, ValueError): v = math.nan
+    if isinstance(s, bool) or not (math.isfinite(v) and v >= 0): raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s!r}")
     return v

@@ -87,6 +87,7 @@ def read_json(path):  # the JSON file to read
     "Read a JSON file; a missing or malformed file raises `SarlangError` naming it."
     path = Path(path)
     if not path.exists(): raise SarlangError("file not found", path)
+    if path.is_dir(): raise SarlangError("is a folder; give a JSON file", path)
     try:
         with open_text(path) as f: return json.load(f)               # a byte-order mark is allowed
     except json.JSONDecodeError as e: raise SarlangError(f"invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})", path) from None
@@ -394,8 +395,12 @@ def records(self:RunDir):
 def model_path(self:RunDir,
                name:str): # a model name, e.g. "qwen2.5-vl"
     "The local weights folder of `name` given with `--model-path` (`config.json`'s `model_paths`), or `None`."
-    p = (self.config.get("model_paths") or {}).get(name)
-    return Path(p) if p else None
+    return self.model_paths.get(name)
+
+@patch(as_prop=True)
+def model_paths(self:RunDir):
+    "`{model name: local weights folder}` given with `--model-path` (`config.json`'s `model_paths`)."
+    return {n: Path(p) for n, p in (self.config.get("model_paths") or {}).items() if p}
 
 @patch(as_prop=True)
 def provenance(self:RunDir):

@@ -16,7 +16,8 @@ import torch
 from .core import SarlangError, write_json, read_json, atomic_write, sha256_file, keyed_output
 from .cli import command, positive_int, positive_float, fraction   # `positive_int` is imported from here by `inference`
 from .models import load_vlm, record_example, MODELS
-from . import formats
+from .formats import detect_kind
+from .records import infer_root, iter_captions, iter_vqa, read_captions, read_vqa
 
 # %% auto #0
 __all__ = ['RECIPES', 'CKPT_REQUEST', 'LOSS_RECORD', 'main', 'REQUIRES', 'check_value', 'field_rules', 'field_docs', 'Recipe',
@@ -97,9 +98,9 @@ def read_records(path): # a Text/ file: captions .csv/.json or VQA .json/.jsonl
     "Caption or VQA records of one file (kind detected from its name or first record), with the dataset root."
     path = Path(path)
     if not path.exists(): raise SarlangError("data file not found", path)
-    kind = formats.detect_kind(path)
-    recs = formats.read_captions(path) if kind == "caption" else formats.read_vqa(path)
-    return recs, formats.infer_root(path)
+    kind = detect_kind(path)
+    recs = read_captions(path) if kind == "caption" else read_vqa(path)
+    return recs, infer_root(path)
 
 def _image_path(rel, roots): # the record's image path; dataset roots to look in, in order
     "The first existing `root/rel`, else the first candidate (whose absence `load_image` reports)."
@@ -183,8 +184,8 @@ def load_examples(paths,                     # one path or a list of data files
     for p in files:
         path = Path(p)
         if not path.exists(): raise SarlangError("data file not found", path)
-        it = (formats.iter_captions if formats.detect_kind(path) == "caption" else formats.iter_vqa)(path)
-        out.add(str(p), [formats.infer_root(path), *image_roots], (record_example(r, mix_prefix) for r in islice(it, max_samples)))
+        it = (iter_captions if detect_kind(path) == "caption" else iter_vqa)(path)
+        out.add(str(p), [infer_root(path), *image_roots], (record_example(r, mix_prefix) for r in islice(it, max_samples)))
         for _ in it: pass                                  # the rest is checked too
     if not len(out): raise SarlangError("no training examples in the data files", ", ".join(map(str, files)))
     return out.freeze()
@@ -525,11 +526,3 @@ def run_stage(rd,                       # a `core.RunDir`
     rd.write_manifest("10_finetune", [rd.models(n)/"lora"/"adapter_model.safetensors" for n in infos], data=origin, quick=quick,
                       skipped=rd.models_to_run()[1], train_metrics={n: i["train_metrics"] for n, i in infos.items()})
     return rd.manifest("10_finetune")
-
-# %% ../nbs/10_finetune.ipynb #a753e480
-def __getattr__(name): # a name looked up on this module that it does not define
-    "`demo_dataset` (a test fixture) lives in `sarlang_nb.testing`; `from sarlang_nb.finetune import demo_dataset` still works."
-    if name == "demo_dataset":
-        from sarlang_nb.testing import demo_dataset
-        return demo_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

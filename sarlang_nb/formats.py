@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Annotated
 from .core import SarlangError, read_json, open_text, safe_image_path, IMAGE_FOLDERS, iter_json_records, iter_csv_rows, _ALIASES, _norm_col
 from .cli import subcommands, run_command, EXIT_OK, EXIT_ERROR, EXIT_PARTIAL
-from .prompts import *
-from .prompts import _VQA_PROMPT_RE
-from .records import *
-from .records import _turns
-from .coco import *
-from .predictions import *
+from .prompts import CAPTION_PROMPT, strip_image_tokens
+from .records import (CAPTION_COLUMNS, VQA_COLUMNS, _turns, iter_captions, iter_vqa, llamafactory_datasets, load_release,
+                                release_files, write_caption_json, write_csv_records, write_json_records, write_release, write_vqa_json)
+from .coco import coco_counts, read_coco
+from .predictions import predictions_to_vqa_result, read_predictions, read_vqa_result
 
 # %% auto #0
 __all__ = ['KINDS', 'main', 'REQUIRES', 'SMOKE_REQUIRES', 'detect_kind', 'check_path', 'convert_file', 'check_cmd', 'convert_cmd',

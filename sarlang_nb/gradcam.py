@@ -171,7 +171,7 @@ def word_maps(adapter,                  # a `VLMAdapter` (base or `load_finetune
               level:str="lm",           # "lm": the features the LM reads; "vision" (Qwen): the last vision block's patches, before the 2x2 merger
               feature_transform=None):  # f(features, image_mask) -> features, applied to the explained features (tests)
     "Per-word maps: one dict per image with its `answer`, `words`, word log-probs `logp`, `grid` (words, rows, cols) in [0, 1], `extent`, `size`."
-    from sarlang_nb.formats import CAPTION_PROMPT
+    from sarlang_nb.prompts import CAPTION_PROMPT
     if method not in METHODS: raise SarlangError(f"unknown method {method!r}; choose one of {METHODS}")
     if level not in LEVELS: raise SarlangError(f"unknown level {level!r}; choose one of {LEVELS}")
     if level == "vision" and (method != "gradcam" or not adapter.family.startswith("qwen")):
@@ -300,7 +300,7 @@ def blank_minus(adapter,        # a `VLMAdapter` (usually `localise_vision`-ed)
                 prompt=None,    # the prompt the maps will use
                 level:str="lm"): # the features the maps will explain (`word_maps`'s `level`)
     "A `feature_transform` for `word_maps`: ReLU(features - features of `blank`) at the image tokens (zero wherever the image equals `blank`)."
-    from sarlang_nb.formats import CAPTION_PROMPT
+    from sarlang_nb.prompts import CAPTION_PROMPT
     ref = {}
     def grab(x, mask): ref["f"] = x[0][mask[0]].detach().clone(); return x
     word_maps(adapter, [blank], prompt, answers=["a"], feature_transform=grab, level=level)
@@ -410,7 +410,7 @@ def alignment_items(rd,                  # a `core.RunDir`
                     split:str="test",    # the COCO split to use (falls back to any file when absent)
                     sardet_annotations=None): # a folder of SARDet-100K COCO files (see `coco_files`)
     "`[dict(image, boxes={category: [[x, y, w, h], ...]}, size)]`: images with boxes, the boxes scaled to the image found on disk."
-    from sarlang_nb.formats import read_coco
+    from sarlang_nb.coco import read_coco
     files = coco_files(rd, sardet_annotations)
     files = [f for f in files if f.stem.lower() == split] or files
     roots = [rd.sar_images] + ([Path(rd.config["data_root"])/"SARimages"] if rd.config.get("data_root") else [])

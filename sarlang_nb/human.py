@@ -51,7 +51,7 @@ def separation_note(a:float=0.5776, # one accuracy (0-1): the paper's experts
 
 # %% ../nbs/15b_human.ipynb #9ee0222d
 def _app_order():
-    from sarlang_nb.formats import APPLICATIONS
+    from sarlang_nb.prompts import APPLICATIONS
     return APPLICATIONS
 
 def quotas(sizes:dict, # {application: questions available}
@@ -65,7 +65,7 @@ def quotas(sizes:dict, # {application: questions available}
     return q
 
 # %% ../nbs/15b_human.ipynb #6fdc84c5
-def draw_questions(records:list, # VQA records (`formats.read_vqa`): image, question, answer, application
+def draw_questions(records:list, # VQA records (`records.read_vqa`): image, question, answer, application
                    n:int=30,     # questions to draw
                    seed:int=0):  # random seed
     "`n` records stratified by application (seeded), shuffled."
@@ -85,7 +85,7 @@ GROUPS = ("expert", "lay")
 def test_records(rd,               # a RunDir
                  split:str="test"): # the split
     "The VQA records of the run's `Text/VQA/<split>/*.json` (or of the release under `data_root`), in file order."
-    from sarlang_nb.formats import read_vqa
+    from sarlang_nb.records import read_vqa
     folder = rd.vqa/split
     root = rd.path
     if not any(folder.glob("*.json*")) and rd.config.get("data_root"):
@@ -179,7 +179,7 @@ def make_kit(run,                # the run folder
              split:str="test",   # the split to draw from
              max_side:int=512):  # longest image side in the page (pixels)
     "Draw the questions and write questionnaire.html, answer_sheet.csv and key.json; returns their paths."
-    from sarlang_nb.formats import mixing_prefix
+    from sarlang_nb.prompts import mixing_prefix
     rd = RunDir(run)
     if not rd.path.is_dir(): raise SarlangError("no such run folder", rd.path)
     out = Path(out) if out else rd.path/"human"
@@ -207,7 +207,7 @@ def make_demo_run(path,                     # the run folder
                   n_per_app=(12, 10, 10, 8)): # questions per application (identification, counting, positioning, others)
     "A tiny run folder with a test split of VQA questions and images (made up), for the docs and tests."
     from PIL import Image
-    from sarlang_nb.formats import write_vqa_json
+    from sarlang_nb.records import write_vqa_json
     rd = RunDir(path).create()
     rd.write_config({"profile": "smoke", "judge": "rules", "models": [], "description": "made-up demo run (sarlang_nb.human.make_demo_run)"})
     apps = ["object identification", "instance counting", "object positioning", "others"]

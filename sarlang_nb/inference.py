@@ -15,7 +15,7 @@ from .core import SarlangError, write_json, atomic_write, progress, sha256_file,
 from .cli import command, positive_int
 from .models import load_vlm
 from .finetune import load_examples, load_finetuned
-from . import formats
+from .predictions import read_predictions, read_vqa_result, write_vqa_result
 
 # %% auto #0
 __all__ = ['PRED_FILE', 'RESULT_FILE', 'STATS_FILE', 'PARTS_DIR', 'REQUEST_FILE', 'main', 'ABLATION_DEFAULTS', 'REQUIRES',
@@ -77,7 +77,7 @@ def _generate(adapter, examples, idx, path, rows, batch_size, max_new_tokens, de
 # %% ../nbs/11_inference.ipynb #3206287e
 def _finish(out, adapter, rows, n0, tokens, seconds, batch_size, max_new_tokens, **extra):
     "Write `VQA_result.csv` and `inference_stats.json` for the complete `rows`; returns the stats."
-    formats.write_vqa_result(out/RESULT_FILE, [r for r in rows if r.get("kind") != "caption" and not r.get("error")], header=False)
+    write_vqa_result(out/RESULT_FILE, [r for r in rows if r.get("kind") != "caption" and not r.get("error")], header=False)
     failed = [(k + 1, r["error"]) for k, r in enumerate(rows) if r.get("error")]
     dt = seconds
     stats = dict(model=adapter.name, source=adapter.source, samples=len(rows), generated_now=len(rows) - n0,
@@ -278,7 +278,7 @@ def _infer(model, model_path, adapter, data, out, batch_size, max_new_tokens, ma
     if world == 1: st = predict(ad, ex, out, batch_size, max_new_tokens, resume=resume, desc=ad.name)
     else: st = _predict_ranks(ad, ex, out, rank, world, batch_size, max_new_tokens, resume)
     if st is None: return 0
-    if score: st["scores"] = quick_scores(formats.read_predictions(Path(out)/PRED_FILE))
+    if score: st["scores"] = quick_scores(read_predictions(Path(out)/PRED_FILE))
     print(json.dumps(st, indent=1))
     if st["failed"]:
         print(f"sarlang-infer: {st['failed']} example(s) failed (their rows have an empty 'predict' and an 'error'; "

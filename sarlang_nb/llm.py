@@ -366,11 +366,3 @@ def complete(self:LLMClient,
     return self.complete_many([item], parse, desc="LLM")[0]
 
 LLMClient.complete = complete
-
-# %% ../nbs/00b_llm.ipynb #1130b484
-def __getattr__(name:str): # an attribute this module does not define
-    "`ChatTestServer` moved to `sarlang_nb.testing`; the old import still works, loaded only when asked for."
-    if name == "ChatTestServer":
-        from sarlang_nb.testing import ChatTestServer
-        return ChatTestServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,17 +13,18 @@ from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from .core import SarlangError, write_json, atomic_writer, read_json, open_run, progress, open_text, check_output_file
 from .llm import LLMClient, check_base_url, endpoint_url
-from .cli import command, positive_int, positive_float, EXIT_PARTIAL
-from .formats import (row_kind, _VQA_PROMPT_RE, iter_json_records, read_vqa_result, guess_application, strip_image_tokens,
-                                iter_captions, CAPTION_PROMPT, APPLICATIONS)
+from .cli import command, positive_int, positive_float, non_negative_int, non_negative_float, EXIT_PARTIAL
+from .core import iter_json_records
+from .predictions import read_vqa_result, row_kind
+from .prompts import _VQA_PROMPT_RE, APPLICATIONS, CAPTION_PROMPT, guess_application, strip_image_tokens
+from .records import iter_captions
 
 # %% auto #0
 __all__ = ['CAPTION_KEYS', 'captions_main', 'JUDGE_PROMPT', 'EXACT_ANSWERS', 'JUDGES', 'PER_ROW_COLUMNS', 'vqa_main', 'REQUIRES',
            'read_caption_items', 'caption_scores', 'write_per_sample_csv', 'evaluate_captions', 'eval_captions',
-           'question_from_prompt', 'vqa_rows_from_records', 'check_csv_quotes', 'read_vqa_rows', 'normalize_answer',
-           'rule_judgement', 'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa',
-           'metric_line', 'vqa_table', 'plot_accuracy', 'judge_failure_message', 'non_negative_int',
-           'non_negative_float', 'eval_vqa', 'evaluate_run', 'run_stage']
+           'question_from_prompt', 'vqa_rows_from_records', 'read_vqa_rows', 'normalize_answer', 'rule_judgement',
+           'judge_request', 'parse_judge', 'default_cache', 'judge_client', 'caveat', 'evaluate_vqa', 'metric_line',
+           'vqa_table', 'plot_accuracy', 'judge_failure_message', 'eval_vqa', 'evaluate_run', 'run_stage']
 
 # %% ../nbs/12_metrics.ipynb #2b6ac3e5
 def _need_text(v, what, path, row, empty_ok=False):
@@ -249,36 +250,11 @@ def vqa_rows_from_records(records, # iterable of (row, dict) with predict/label 
                         guessed=not (isinstance(app, str) and app), qtype=r.get("qtype") or "", failed=err))
     return out
 
-# %% ../nbs/12_metrics.ipynb #302b1447
-def _looks_like_a_row(line:str, ncols:int): # one physical line; the file's column count
-    "Whether a line would parse as a whole CSV row of its own (an image-like first field and `ncols` fields)."
-    try: vals = next(csv.reader([line]))
-    except (csv.Error, StopIteration): return False
-    return len(vals) == ncols and bool(re.search(r"\.(png|jpe?g|bmp|tiff?)$", vals[0].strip(), re.I))
-
-def check_csv_quotes(path,          # a CSV file
-                     ncols:int=4):  # its column count (VQA_result.csv: 4)
-    "Refuse a CSV whose quoted field runs over lines that look like rows of their own (an unbalanced quote), naming the row."
-    with open_text(path, newline="") as f:
-        rd, prev = csv.reader(f), 0
-        try:
-            for rec, vals in enumerate(rd, 1):
-                if rd.line_num - prev > 1:
-                    for v in vals:
-                        eaten = [l for l in v.splitlines()[1:] if _looks_like_a_row(l, ncols)]
-                        if eaten:
-                            raise SarlangError(f"an unbalanced quote: a quoted field starting on line {prev + 1} runs on to line {rd.line_num} "
-                                               f"and swallows {len(eaten)} line(s) that look like rows of their own (first: {eaten[0][:60]!r}); "
-                                               "close the quote or quote the field as a whole", path, rec)
-                prev = rd.line_num
-        except csv.Error as e: raise SarlangError(f"malformed CSV ({e})", path, rd.line_num) from None
-
 # %% ../nbs/12_metrics.ipynb #5bb8fca3
 def read_vqa_rows(path): # generated_predictions.jsonl / .json, or the authors' VQA_result.csv
     "The VQA rows of a prediction file (caption rows skipped; rows `sarlang-infer` marked failed kept, with `failed` set)."
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        if path.is_file(): check_csv_quotes(path)
         recs = [(i, {"image": r["image"], "predict": r["predict"], "question": r["question"], "GT": r["GT"]})
                 for i, r in enumerate(read_vqa_result(path), 1)]
         n_all = len(recs)
@@ -509,22 +485,6 @@ def judge_failure_message(rep:dict,       # a report of `evaluate_vqa`
             f"no judgement came back, so none is cached in {cache}: a re-run asks for these rows again" if not done else
             f"the {done} judgement(s) received are cached in {cache}: a re-run asks only for the rows without one")
     return "; ".join(parts) + f". They count as wrong in this report; {tail}"
-
-# %% ../nbs/12_metrics.ipynb #e7568c10
-def non_negative_int(s): # command-line text (or a number)
-    "Argument type: an integer >= 0."
-    try: v = int(s) if not isinstance(s, (bool, float)) else None
-    except (TypeError, ValueError): v = None
-    if v is None or v < 0: raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}")
-    return v
-
-# %% ../nbs/12_metrics.ipynb #d2f66903
-def non_negative_float(s): # command-line text (or a number)
-    "Argument type: a finite number >= 0."
-    try: v = float(s)
-    except (TypeError, ValueError): v = math.nan
-    if isinstance(s, bool) or not (math.isfinite(v) and v >= 0): raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s!r}")
-    return v
 
 # %% ../nbs/12_metrics.ipynb #6858f52f
 def eval_vqa(pred:Annotated[str, {"metavar": "PRED"}], # the prediction file (.jsonl / .json / .csv)

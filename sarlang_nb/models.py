@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 from .core import SarlangError, write_json
-from .formats import CAPTION_PROMPT, vqa_prompt, mixing_prefix
+from .prompts import CAPTION_PROMPT, mixing_prefix, vqa_prompt
 
 # %% auto #0
 __all__ = ['HIGH_DEPTH_MODES', 'IMAGE', 'MODELS', 'record_example', 'stretch_to_8bit', 'load_image', 'train_tokenizer',

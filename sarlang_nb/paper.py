@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv, io, json, math, re, shutil, os
 from pathlib import Path
 from .core import SarlangError, RunDir, atomic_write, write_json, read_json, open_text, repo_root, sarlang_home
+from .prompts import CAPTION_PROMPT, IMAGE_TOKEN, vqa_prompt
 
 # %% auto #0
 __all__ = ['REQUIRES', 'PAPER_REF', 'PAPER_TABLES', 'MODEL_FAMILY', 'MODE_STRATEGY', 'SMOKE_WHY', 'TOKENISATION', 'STATED',
@@ -217,9 +218,9 @@ def make_demo_run(path,                       # the run folder to create
                            CIDEr=acc*(1 + s), tokenize="official", n=1, model=m, mode=mode, style=style))
             if mode in MODE_STRATEGY:
                 d = rd.predictions(m, mode); d.mkdir(parents=True, exist_ok=True)
-                rows = [dict(prompt=f"<image>Question: {v['question']}. Answer the question concisely.", predict=f"{mode} answer {k}", label=v["label"],
+                rows = [dict(prompt=IMAGE_TOKEN + vqa_prompt(v['question']), predict=f"{mode} answer {k}", label=v["label"],
                              image=v["image"], application=v["application"], question=v["question"], kind="vqa", style="") for k, v in enumerate(vq)]
-                rows.append(dict(prompt="<image>Describe the content of this image in one sentence.", predict=f"a {mode} caption", label="A harbour with ships.",
+                rows.append(dict(prompt=IMAGE_TOKEN + CAPTION_PROMPT, predict=f"a {mode} caption", label="A harbour with ships.",
                                  image="SARimages/0000001.png", application="image description", question="", kind="caption", style="concise"))
                 atomic_write(d/"generated_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         ck = rd.models(m)/"lora"/"checkpoints"/"checkpoint-4"
@@ -707,7 +708,7 @@ def qualitative_examples(rd,               # a RunDir
     for r in picks:
         ans = {(m, mo): (index[(m, mo)].get(key(r)) or {}).get("predict") for m in models for mo in MODE_STRATEGY}
         ex.append(dict(image=r.get("image"), kind=r.get("kind") or "vqa", application=r.get("application") or f"caption ({r.get('style')})",
-                       question=r.get("question") or ("Describe the content of this image in one sentence." if r.get("kind") == "caption" else ""),
+                       question=r.get("question") or (CAPTION_PROMPT if r.get("kind") == "caption" else ""),
                        gt=r.get("label"), answers=ans))
     return ex, models
 

@@ -285,7 +285,7 @@ def reproduce(run_dir="runs/smoke",   # the run folder
     rd = RunDir(run_dir)
     if resume and rd.config:   # a resumed run keeps its release and weights unless the flags name others
         data_root = data_root or rd.config.get("data_root")
-        model_paths = model_paths or {n: str(rd.model_path(n)) for n in rd.config.get("model_paths", None) or {}}
+        model_paths = model_paths or {n: str(p) for n, p in rd.model_paths.items()}
     if profile == "paper": check_paper_inputs(data_root, model_paths, params.get("workflow") or (rd.config.get("workflow") if resume else None) or PROFILES["paper"]["workflow"])
     params = {k: _abs_if_path(v) for k, v in params.items()}   # the stages run in another folder
     rd.create()

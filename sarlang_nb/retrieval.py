@@ -197,7 +197,7 @@ def embedding_metrics(image_emb,               # (n_images, d) image embeddings 
 # %% ../nbs/14_retrieval.ipynb #561a287f
 from .vqa import box_position, plural
 from .captions import number_word, quality_control, QCConfig
-from .synthetic import CLASSES
+from .prompts import SARDET_CLASSES as CLASSES
 
 SIZES = (("small", 0.08), ("medium-sized", 0.25), ("large", math.inf))
 REGION = {"Left": "left part", "Right": "right part", "Top": "top part", "Bottom": "bottom part", "Center": "center"}
@@ -371,10 +371,11 @@ def check_caption(text:str,              # a caption
     return errs
 
 # %% ../nbs/14_retrieval.ipynb #b4da977c
-from . import formats
+from .coco import read_coco, write_coco
+from .records import CAPTION_COLUMNS, infer_root, read_captions, write_caption_csv, write_csv_records
 from .captions import prompt_hash
 
-NARRATION_COLUMNS = formats.CAPTION_COLUMNS + ("narrator_stage", "boxes_from", "landcover_from")
+NARRATION_COLUMNS = CAPTION_COLUMNS + ("narrator_stage", "boxes_from", "landcover_from")
 REWRITE_PROMPT = ("Rewrite this description of a SAR (synthetic aperture radar) image as fluent English in one to three "
                   "sentences. Keep every number, percentage, object class, size and position exactly as given, write "
                   "counts as words, add nothing that is not in it, and do not mention colours. Reply with the rewritten "
@@ -476,7 +477,7 @@ def coco_items(coco_path,          # a COCO detection json (SARDet-100K style)
                landcover=None,     # function stem -> (mask, names, mask path) or None (`world_landcover`, `folder_landcover`)
                split:str|None=None): # the split of its images (default: from the file name, train.json / test.json)
     "Narration inputs of every image of a COCO file (an image whose file is not found carries an `error`)."
-    c = formats.read_coco(coco_path, split=split)
+    c = read_coco(coco_path, split=split)
     root, out = Path(root), []
     try: rel_ann = str(Path(coco_path).absolute().relative_to(root.absolute()))
     except ValueError: rel_ann = str(coco_path)
@@ -510,7 +511,7 @@ def write_narration(out,         # the folder to write (e.g. RUN/Text/narration:
     files = []
     for stem, rs in groups.items():
         if stem == "captions" and not rs: (out/"captions.csv").unlink(missing_ok=True); continue
-        formats.write_csv_records(out/f"{stem}.csv", rs, NARRATION_COLUMNS); files.append(out/f"{stem}.csv")
+        write_csv_records(out/f"{stem}.csv", rs, NARRATION_COLUMNS); files.append(out/f"{stem}.csv")
     atomic_write(out/"facts.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in facts)); files.append(out/"facts.jsonl")
     files.append(write_json(out/"narration_report.json", report))
     return files
@@ -814,12 +815,12 @@ class ClipTrainer(Trainer):
 
 # %% ../nbs/14_retrieval.ipynb #496e3cf6
 def caption_pairs(files,          # caption files (release CSV/JSON; `sarlang_nb.formats`)
-                  root=None):     # dataset root of the image paths (default: each file's own, `formats.infer_root`), or a list of roots tried in order
+                  root=None):     # dataset root of the image paths (default: each file's own, `records.infer_root`), or a list of roots tried in order
     "`(pairs, records)`: (absolute image path, caption) per record, and the records."
     pairs, recs = [], []
     for f in ([files] if isinstance(files, (str, Path)) else files):
-        roots = [Path(x) for x in root] if isinstance(root, (list, tuple)) else [Path(root) if root else formats.infer_root(f)]
-        rs = formats.read_captions(f, root=roots[0])
+        roots = [Path(x) for x in root] if isinstance(root, (list, tuple)) else [Path(root) if root else infer_root(f)]
+        rs = read_captions(f, root=roots[0])
         for i, r in enumerate(rs):
             p = next((q/r["image"] for q in roots if (q/r["image"]).is_file()), None)   # a run's images first, then the release's
             if p is None: raise SarlangError(f"image {r['image']!r} not found under {' or '.join(map(str, roots))}", f, i + 1)

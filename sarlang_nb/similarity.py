@@ -518,7 +518,7 @@ def read_caption_texts(path): # a caption CSV of the release layout
 # %% ../nbs/08_similarity.ipynb #00e8481f
 def run_captions(rd): # a RunDir (or any dataset root with a Text/caption folder)
     "{style: [captions]} of the release-layout caption files (train and test), read by `sarlang_nb.formats`."
-    from sarlang_nb.formats import iter_release, iter_captions
+    from sarlang_nb.records import iter_captions, iter_release
     rd = RunDir(rd) if not isinstance(rd, RunDir) else rd
     out = {}
     if Path(rd.captions).is_dir():
@@ -576,7 +576,7 @@ def read_texts(path,                 # .txt (one per line), .csv, .json (list) o
             if column not in (r.fieldnames or []): raise SarlangError(f"no column {column!r} (have {r.fieldnames})", p)
             return [row[column] for row in r if (row[column] or "").strip()]
     if suf in (".json", ".jsonl"):
-        from sarlang_nb.formats import iter_json_records   # rows count from 1 (jsonl: the line number)
+        from sarlang_nb.core import iter_json_records   # rows count from 1 (jsonl: the line number)
         out = []
         for i, r in iter_json_records(p):
             if isinstance(r, str): out.append(r); continue

@@ -240,14 +240,14 @@ def write_split_release(root,                   # dataset root (a run directory)
                         per:dict,               # {image_id: (split, rule)} from `assign_splits`
                         hashes:dict|None=None): # {image_id: sha256} (optional, recorded in image_splits.csv)
     "Write the release layout and splits/image_splits.csv; read it back and compare. Returns the files written."
-    from sarlang_nb import formats
+    from sarlang_nb.records import iter_captions, iter_vqa, load_release, release_files, write_release
     root = Path(root)
-    files = formats.write_release(root, captions, vqa)
+    files = write_release(root, captions, vqa)
     buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image_id", "split", "rule", "sha256"])
     for k in sorted(per): w.writerow([k, per[k][0], per[k][1], (hashes or {}).get(k, "")])
     atomic_write(root/"splits"/"image_splits.csv", buf.getvalue())
-    back = formats.load_release(root)
+    back = load_release(root)
     for kind, mine in (("captions", captions), ("vqa", vqa)):
         got = Counter((image_key(r), r.get("split")) for r in back[kind])
         want = Counter((image_key(r), r["split"]) for r in mine)
@@ -262,13 +262,13 @@ RECORD_FILES = {"captions": ["captions.jsonl"], "vqa": ["vqa.jsonl", "inquiries.
 
 def run_records(rd): # a RunDir
     "(captions, vqa): the run's records from Text/records/, read and checked by `sarlang_nb.formats`."
-    from sarlang_nb import formats
+    from sarlang_nb.records import iter_captions, iter_vqa, load_release, release_files, write_release
     recs = rd.records
     have = {k: [recs/f for f in fs if (recs/f).exists()] for k, fs in RECORD_FILES.items()}
     if not have["captions"] and not have["vqa"]:
         raise SarlangError("no record files (captions.jsonl, vqa.jsonl, inquiries.jsonl): run stages 05_vqa and 06_captions first", recs)
-    caps = [r for f in have["captions"] for r in formats.iter_captions(f, root=rd.path)]
-    vqa = [r for f in have["vqa"] for r in formats.iter_vqa(f, root=rd.path)]
+    caps = [r for f in have["captions"] for r in iter_captions(f, root=rd.path)]
+    vqa = [r for f in have["vqa"] for r in iter_vqa(f, root=rd.path)]
     return caps, vqa
 
 # %% ../nbs/07_splits.ipynb #0f20def9
@@ -315,7 +315,7 @@ def _hashes_for(root, recs, cache):
 # %% ../nbs/07_splits.ipynb #bbb62b55
 def file_split(path): # a release text file
     "The split a release file stands for: its folder (train/test) or its caption file name; None if neither."
-    from sarlang_nb.formats import CAPTION_FILES
+    from sarlang_nb.records import CAPTION_FILES
     p = Path(path)
     if p.stem in CAPTION_FILES: return CAPTION_FILES[p.stem][0]
     if p.parent.name.lower() in SPLITS: return p.parent.name.lower()
@@ -324,11 +324,11 @@ def file_split(path): # a release text file
 # %% ../nbs/07_splits.ipynb #b8d9a972
 def read_release_splits(root): # dataset root holding Text/
     "(captions, vqa, n_disagreeing): the records of a release layout with `split` taken from their file."
-    from sarlang_nb import formats
+    from sarlang_nb.records import iter_captions, iter_vqa, load_release, release_files, write_release
     root = Path(root)
     if not (root/"Text").is_dir(): raise SarlangError("no Text/ folder: not a SARLANG-1M release or run directory", root)
-    files, out, moved = formats.release_files(root), {"captions": [], "vqa": []}, 0
-    for kind, reader in (("captions", formats.iter_captions), ("vqa", formats.iter_vqa)):
+    files, out, moved = release_files(root), {"captions": [], "vqa": []}, 0
+    for kind, reader in (("captions", iter_captions), ("vqa", iter_vqa)):
         for f in files[kind]:
             sp = file_split(f)
             if sp is None: raise SarlangError("cannot tell which split this file belongs to (not in train/ or test/, not a Caption file)", f)
@@ -369,12 +369,12 @@ def records_cmd(out:Annotated[str, {"required": True}]=None, # output dataset ro
                 require_images:store_true=False, # fail when an image file is missing (default: report it and check ids only)
                 profile:Annotated[str, {"choices": ("smoke", "paper")}]=None): # table style: 'paper' adds the paper's numbers beside ours
     "split record files and write the release layout to --out"
-    from sarlang_nb import formats
+    from sarlang_nb.records import iter_captions, iter_vqa, load_release, release_files, write_release
     out = Path(out); img_root = Path(images_root) if images_root else out
     captions, vqa = captions or [], vqa or []
     if not captions and not vqa: raise SarlangError("give --captions and/or --vqa record files")
-    caps = [r for f in captions for r in formats.iter_captions(f, root=img_root)]
-    qa = [r for f in vqa for r in formats.iter_vqa(f, root=img_root)]
+    caps = [r for f in captions for r in iter_captions(f, root=img_root)]
+    qa = [r for f in vqa for r in iter_vqa(f, root=img_root)]
     caps, qa, per = assign_splits(caps, qa, seed or 0, test_fraction)
     try: report = check_leakage(caps, qa, img_root, require_images)
     except LeakageError as e: return _loud(e)

@@ -747,7 +747,8 @@ def _fixture_records(scenes, names, seed):
 
 def _write_fixture_text(out, caps, vqa):
     "The release's text files, in CSV and JSON, without the provenance keys the release does not have."
-    from sarlang_nb.formats import write_csv_records, write_json_records, vqa_prompt, caption_prompt, IMAGE_TOKEN
+    from sarlang_nb.prompts import caption_prompt, IMAGE_TOKEN, vqa_prompt
+    from sarlang_nb.records import write_csv_records, write_json_records
     msg = lambda im, u, a: {"messages": [{"role": "user", "content": IMAGE_TOKEN + u}, {"role": "assistant", "content": a}], "images": [im]}
     files = {}
     for stem, keep in (("Caption-training", lambda r: r["split"] == "train"), ("Caption_test", lambda r: r["split"] == "test" and r["style"] == "complex"),

@@ -31,7 +31,7 @@ def demo_dataset(root,            # dataset root to write (SARimages/, Text/)
                  n_images:int=60, # images (70% train, 30% test)
                  seed:int=0):     # random seed
     "Write a demo SAR VQA/caption set in the release layout; returns the paths of the text files."
-    from sarlang_nb import formats
+    from sarlang_nb.records import read_captions, read_vqa, write_caption_csv, write_json_records
     root = Path(root); rng = np.random.default_rng(seed)
     vqa = {"train": [], "test": []}; caps = {"train": [], "test": []}
     for i in range(n_images):
@@ -50,10 +50,10 @@ def demo_dataset(root,            # dataset root to write (SARimages/, Text/)
     files = {}
     for s in ("train", "test"):
         files[f"vqa_{s}"] = root/"Text"/"VQA"/s/f"SARVQA2_{s}.json"
-        formats.write_json_records(files[f"vqa_{s}"], vqa[s], jsonl=False)
+        write_json_records(files[f"vqa_{s}"], vqa[s], jsonl=False)
     files["caption_train"] = root/"Text"/"caption"/"Caption-training.csv"
     files["caption_test_concise"] = root/"Text"/"caption"/"Caption_test1.csv"
-    formats.write_caption_csv(files["caption_train"], caps["train"]); formats.write_caption_csv(files["caption_test_concise"], caps["test"])
+    write_caption_csv(files["caption_train"], caps["train"]); write_caption_csv(files["caption_test_concise"], caps["test"])
     return files
 
 # %% ../nbs/95_testing.ipynb #fc091e3c

@@ -384,7 +384,7 @@ def run_vqa_stage(rd,                # a RunDir
 # %% ../nbs/05_vqa.ipynb #86ead550
 def describe_release_vqa(root): # the release's data root (SARimages/, Text/)
     "Counts of the release's VQA records: `{'files': {file: n}, 'rows': [[split, source, application, n], ...], 'n': total}`."
-    from sarlang_nb.formats import release_files, iter_vqa
+    from sarlang_nb.records import iter_vqa, release_files
     root = Path(root)
     files = release_files(root)["vqa"]
     if not files: raise SarlangError("no VQA files in the release (expected Text/VQA/train/SARVQA1_train.json, SARVQA2_train.json and the test files)", root/"Text"/"VQA")

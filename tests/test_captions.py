@@ -9,7 +9,8 @@ from PIL import Image
 os.environ["SARLANG_PROGRESS"] = "0"
 from sarlang_nb import captions as C
 from sarlang_nb.core import open_run, SarlangError
-from sarlang_nb.llm import ChatTestServer, LLMCache, last_user_text
+from sarlang_nb.llm import LLMCache, last_user_text
+from sarlang_nb.testing import ChatTestServer
 from sarlang_nb.vqa import read_jsonl
 from sarlang_nb.testing import tiny_blip
 

@@ -12,7 +12,7 @@ from sarlang_nb.core import SarlangError
 from sarlang_nb.models import record_example
 from sarlang_nb.prompts import CLASS_PREFIX
 from sarlang_nb.testing import demo_dataset
-from sarlang_nb import formats
+from sarlang_nb.records import write_json_records
 import sarlang_nb.finetune as ft
 from sarlang_nb.finetune import (Recipe, RECIPES, finetune, load_examples, read_records, _image_path, main as ft_main,
                                  field_docs, CKPT_REQUEST, LOSS_RECORD)
@@ -26,7 +26,7 @@ def demo(tmp_path_factory):
     sardet = [dict(image=f"SARimages/demo_{9000000 + i:07d}.png", question="How many ships are there in the image",
                    answer="2 ☃" if i == 1 else str(i), source="sardet", application="instance counting") for i in range(5)]
     files["sardet"] = d/"Text"/"VQA"/"train"/"SARVQA1_train.json"
-    formats.write_json_records(files["sardet"], sardet, jsonl=True)
+    write_json_records(files["sardet"], sardet, jsonl=True)
     return d, files
 
 

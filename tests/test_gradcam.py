@@ -186,7 +186,8 @@ def test_answers_and_category_words():
 
 def _small_run(tmp_path, models, profile="smoke", with_boxes=True):
     "A run with a few images, a COCO file and LoRA adapters trained for 2 steps; the required stages' manifests written."
-    from sarlang_nb.finetune import finetune, demo_dataset
+    from sarlang_nb.finetune import finetune
+    from sarlang_nb.testing import demo_dataset
     rd = open_run(tmp_path/"run", profile, models=models)
     if with_boxes:
         rng = np.random.default_rng(0); images, anns = [], []
@@ -249,7 +250,8 @@ def test_stage_without_boxes_says_not_computed(tmp_path):
 
 def test_stage_paper_profile_with_sardet_boxes_under_data_root(tmp_path):
     "Paper profile: weights from model_paths, the adapter on them, SARDet-100K's COCO file and JPEGImages under data_root."
-    from sarlang_nb.finetune import finetune, demo_dataset
+    from sarlang_nb.finetune import finetune
+    from sarlang_nb.testing import demo_dataset
     dr = tmp_path/"release"; (dr/"SARDet-100K"/"JPEGImages"/"test").mkdir(parents=True)
     a = (np.random.default_rng(0).random((96, 160))*60).astype(np.uint8); a[10:30, 100:140] = 250
     Image.fromarray(a).save(dr/"SARDet-100K"/"JPEGImages"/"test"/"0000007.jpg")

@@ -2,10 +2,9 @@
 import json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from sarlang_nb import formats
+from sarlang_nb.predictions import read_predictions
 from sarlang_nb.inference import main as infer_main, shard, PRED_FILE, RESULT_FILE, STATS_FILE, PARTS_DIR, REQUEST_FILE
-try: from sarlang_nb.testing import demo_dataset
-except ImportError: from sarlang_nb.finetune import demo_dataset
+from sarlang_nb.testing import demo_dataset
 
 N_IMAGES, BATCH = 12, 2      # 12 images -> 4 test images: 12 VQA rows + 4 captions, 8 global batches of 2
 
@@ -48,7 +47,7 @@ def test_torchrun_two_ranks_merge_to_the_single_process_file(data):
     assert json.loads((ddp/REQUEST_FILE).read_text()) == json.loads((single/REQUEST_FILE).read_text())
     assert not (ddp/PARTS_DIR).exists()
     st = json.loads((ddp/STATS_FILE).read_text())
-    n = len(formats.read_predictions(single/PRED_FILE))
+    n = len(read_predictions(single/PRED_FILE))
     assert st["world_size"] == 2 and st["samples"] == n and st["generated_now"] == n and st["resumed_rows"] == 0
     assert [p["samples"] for p in st["ranks"]] == [len(shard(n, BATCH, k, 2)) for k in range(2)]
     assert r.stdout.count('"world_size": 2') == 1          # rank 0 alone reports
@@ -68,8 +67,8 @@ def test_torchrun_resumes_each_rank_from_its_part(data):
     (out/PARTS_DIR/f"rank0-of-2.b{BATCH}.jsonl").write_text("".join([rows[i0[0]], mark] + [rows[i] for i in i0[2:]]))
     (out/PARTS_DIR/f"rank1-of-2.b{BATCH}.jsonl").write_text("".join(rows[i] for i in i1[:3]) + rows[i1[3]][:15])   # killed in its 4th row
     _torchrun(files, out, d)
-    got = formats.read_predictions(out/PRED_FILE)
-    want = formats.read_predictions(single/PRED_FILE)
+    got = read_predictions(out/PRED_FILE)
+    want = read_predictions(single/PRED_FILE)
     assert got[i0[1]]["predict"] == "KEPT"
     assert [r for k, r in enumerate(got) if k != i0[1]] == [r for k, r in enumerate(want) if k != i0[1]]
     st = json.loads((out/STATS_FILE).read_text())
@@ -94,7 +93,7 @@ def test_exit_codes(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "made with other settings (max_samples differ)" in err and PRED_FILE in err
     assert infer_main(small[:-2] + ["--max-samples", "3", "--no-resume"]) == 0
-    assert len(formats.read_predictions(tmp_path/"p"/PRED_FILE)) == 6
+    assert len(read_predictions(tmp_path/"p"/PRED_FILE)) == 6
 
 
 @pytest.mark.timeout(400)

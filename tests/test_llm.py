@@ -192,10 +192,8 @@ def test_no_call_counted_when_no_request_was_sent(monkeypatch):
     with pytest.raises(SarlangError, match="OPENAI_API_KEY"): cl.complete("x")
     assert cl.stats["calls"] == 0
 
-def test_chat_test_server_moved_but_old_import_works():
+def test_chat_test_server_lives_in_testing_only():
     import sarlang_nb.llm as L, sarlang_nb.testing as T
-    from sarlang_nb.llm import ChatTestServer as Old
-    assert Old is T.ChatTestServer and "ChatTestServer" not in L.__all__
-    with pytest.raises(AttributeError, match="NoSuch"): L.NoSuch
+    assert hasattr(T, "ChatTestServer") and not hasattr(L, "ChatTestServer")
     r = subprocess.run([sys.executable, "-c", "import sys, sarlang_nb.llm; print('sarlang_nb.testing' in sys.modules)"], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr                 # importing the client does not load the fixtures

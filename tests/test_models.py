@@ -12,7 +12,7 @@ from sarlang_nb.models import load_vlm, MODELS, CAPTION_PROMPT
 from sarlang_nb.testing import demo_dataset
 from sarlang_nb.finetune import finetune, load_examples, load_finetuned, main as ft_main, finetune_run
 from sarlang_nb.inference import predict, main as infer_main, infer_run, score_run, PRED_FILE, RESULT_FILE
-from sarlang_nb import formats
+from sarlang_nb.predictions import read_predictions, read_vqa_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,11 +76,11 @@ def test_cli_finetune_infer_resume(demo, tmp_path, capsys):
     p = tmp_path/"pred"
     assert infer_main(["--adapter", str(out), "--data", str(files["vqa_test"]), str(files["caption_test_concise"]),
                        "--out", str(p), "--max-new-tokens", "4", "--batch-size", "4"]) == 0
-    rows = formats.read_predictions(p/PRED_FILE)
+    rows = read_predictions(p/PRED_FILE)
     n = len(load_examples([files["vqa_test"], files["caption_test_concise"]]))
     assert len(rows) == n and {"prompt", "predict", "label", "image", "application", "question"} <= set(rows[0])
     n_vqa = len(load_examples(files["vqa_test"]))
-    assert len(formats.read_vqa_result(p/RESULT_FILE)) == n_vqa                 # the authors' file: VQA rows only
+    assert len(read_vqa_result(p/RESULT_FILE)) == n_vqa                 # the authors' file: VQA rows only
     assert not (p/RESULT_FILE).read_text().startswith("image,")                # and no header row (it would be scored)
     # a kill mid-file: the next run keeps the complete rows and finishes
     lines = (p/PRED_FILE).read_text().splitlines(keepends=True)
@@ -88,7 +88,7 @@ def test_cli_finetune_infer_resume(demo, tmp_path, capsys):
     assert infer_main(["--adapter", str(out), "--data", str(files["vqa_test"]), str(files["caption_test_concise"]),
                        "--out", str(p), "--max-new-tokens", "4", "--batch-size", "4"]) == 0
     st = json.loads((p/"inference_stats.json").read_text())
-    assert st["resumed_rows"] == 5 and formats.read_predictions(p/PRED_FILE) == rows
+    assert st["resumed_rows"] == 5 and read_predictions(p/PRED_FILE) == rows
 
 
 def test_cli_bad_input(tmp_path, demo, capsys):
@@ -155,7 +155,7 @@ def test_generic_adapter_from_folder(tmp_path, demo):
     assert info["train_metrics"]["steps"] == 3 and len(info["lora_targets"]) == 14
     assert infer_main(["--adapter", str(tmp_path/"out"), "--data", str(files["vqa_test"]), "--out", str(tmp_path/"p"),
                        "--max-new-tokens", "3", "--max-samples", "4"]) == 0
-    assert len(formats.read_predictions(tmp_path/"p"/PRED_FILE)) == 4
+    assert len(read_predictions(tmp_path/"p"/PRED_FILE)) == 4
 
 
 def test_real_sar_images_through_adapter():
@@ -189,14 +189,14 @@ def test_stage_inference_resumes_after_a_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(inf, "predict", real)
     stats, _ = infer_run(rd, **kw)
     assert stats[("qwen2-vl", "zero-shot")]["resumed_rows"] == 3
-    clean = formats.read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE)
+    clean = read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE)
     # another request (budget 1) killed halfway, then the first request again: nothing of the killed run is reused
     monkeypatch.setattr(inf, "predict", killed)
     with pytest.raises(KeyboardInterrupt): infer_run(rd, **{**kw, "max_new_tokens": 1})
     monkeypatch.setattr(inf, "predict", real)
     stats, _ = infer_run(rd, **kw)
     assert stats[("qwen2-vl", "zero-shot")]["resumed_rows"] == 0
-    assert formats.read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE) == clean
+    assert read_predictions(rd.predictions("qwen2-vl", "zero-shot")/PRED_FILE) == clean
 
 
 def test_stage_finetune_keeps_checkpoints_after_a_kill(tmp_path, monkeypatch):
@@ -248,12 +248,12 @@ def test_cli_infer_unreadable_image_fails_alone(demo, tmp_path, capsys):
                            "--max-samples", "6", "--batch-size", "4", "--max-new-tokens", "3"])
     finally: (tmp_path/"moved.png").rename(gone)
     assert code == 3 and f"{sum(bad)} example(s) failed" in capsys.readouterr().err
-    rows = formats.read_predictions(tmp_path/"p"/PRED_FILE)
+    rows = read_predictions(tmp_path/"p"/PRED_FILE)
     assert len(rows) == len(ex) and [bool(r.get("error")) for r in rows] == bad
     assert all(r["predict"] == "" and "image not found" in r["error"] for r, b in zip(rows, bad) if b)
     st = json.loads((tmp_path/"p"/"inference_stats.json").read_text())
     assert st["failed"] == sum(bad) and st["first_failures"][0][0] == bad.index(True) + 1
-    assert len(formats.read_vqa_result(tmp_path/"p"/RESULT_FILE)) == len(ex) - sum(bad)   # failed rows are not for the authors' script to score
+    assert len(read_vqa_result(tmp_path/"p"/RESULT_FILE)) == len(ex) - sum(bad)   # failed rows are not for the authors' script to score
 
 
 # --- review fixes -----------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_cli_infer_does_not_resume_old_labels(tmp_path, capsys):
     assert infer_main(args) == 1
     assert "data_sha256" in capsys.readouterr().err
     assert infer_main(args + ["--no-resume"]) == 0
-    assert [r["label"] for r in formats.read_predictions(tmp_path/"p"/PRED_FILE)] == [r["answer"] for r in recs[:2]]
+    assert [r["label"] for r in read_predictions(tmp_path/"p"/PRED_FILE)] == [r["answer"] for r in recs[:2]]
     # the row check itself (an OUT without infer_request.json): a changed label is other data
     (tmp_path/"p"/"infer_request.json").unlink()
     for r in recs: r["answer"] = "again " + r["answer"]
@@ -367,7 +367,7 @@ def test_stage_redoes_work_after_data_change(tmp_path):
     ex = load_examples(sorted((rd.vqa/"test").glob("*.json")) + [rd.captions/"Caption_test1.csv"], True, 1)
     for mode in ("zero-shot", "lora"):
         assert stats[("qwen2-vl", mode)]["resumed_rows"] == 0
-        assert [r["label"] for r in formats.read_predictions(rd.predictions("qwen2-vl", mode)/PRED_FILE)] == [e["answer"] for e in ex]
+        assert [r["label"] for r in read_predictions(rd.predictions("qwen2-vl", mode)/PRED_FILE)] == [e["answer"] for e in ex]
 
 
 def test_load_image_uses_the_sar_reader_rule(tmp_path, monkeypatch):

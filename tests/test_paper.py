@@ -136,7 +136,7 @@ def test_paper_profile_names_a_missing_stage(tmp_path):
 
 def test_table9_uses_the_kits_questions_and_the_human_scores(tmp_path):
     from sarlang_nb.human import make_kit, score_sheets, SHEET_COLUMNS
-    from sarlang_nb.formats import write_vqa_json
+    from sarlang_nb.records import write_vqa_json
     rd = make_demo_run(tmp_path/"run")
     recs = [dict(image="SARimages/0000001.png", question="Is there any ship in this image?", answer="Yes", application="object identification"),
             dict(image="SARimages/0000001.png", question="How many ships are in the image?", answer="2", application="instance counting")]

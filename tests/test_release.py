@@ -59,7 +59,7 @@ def test_fixture_has_the_release_shape(release):
 @pytest.fixture(scope="module")
 def paper_run(release, weights, clip_weights, tmp_path_factory, cli):
     "`sarlang-reproduce --profile paper` on the release, every stage, no --stages; a local server as the GPT judge."
-    from sarlang_nb.llm import ChatTestServer
+    from sarlang_nb.testing import ChatTestServer
     run = tmp_path_factory.mktemp("paper")/"run"
     with ChatTestServer(reply=lambda req: "1") as srv:
         r = cli("sarlang-reproduce", "--profile", "paper", "--data-root", release, "--run-dir", run,

@@ -10,7 +10,7 @@ from PIL import Image
 
 os.environ.setdefault("SARLANG_PROGRESS", "0")
 from sarlang_nb import retrieval as R
-from sarlang_nb import formats
+from sarlang_nb.records import read_captions, write_caption_csv
 from sarlang_nb.core import SarlangError, shared_data, open_run
 
 # ---------------------------------------------------------------- metrics
@@ -178,7 +178,7 @@ def test_narrated_facts_agree_with_their_boxes_and_land_cover(world, tmp_path):
             raw[Path(im["file_name"]).stem] = dict(size=(im["width"], im["height"]), boxes=[(cats[b["category_id"]], b["bbox"]) for b in d["annotations"] if b["image_id"] == im["id"]])
     names = json.loads((world/"world"/"world.json").read_text())["landcover"]
     words = {"bare": "bare soil", "port": "port area", "apron": "airport apron", "urban": "urban area"}
-    back = [r for f in files if f.suffix == ".csv" for r in formats.read_captions(f)]
+    back = [r for f in files if f.suffix == ".csv" for r in read_captions(f)]
     assert len(back) == len(recs) == 3*len(items)
     for r in back:
         t, tr = r["caption"].lower(), raw[r["image_id"]]
@@ -290,7 +290,7 @@ def test_lora_finetune(narrated, tmp_path):
 
 def test_missing_image_is_named(narrated, tmp_path):
     bad = tmp_path/"Text"/"caption"/"Caption-training.csv"; bad.parent.mkdir(parents=True)
-    formats.write_caption_csv(bad, [dict(image="SARimages/nope.png", caption="One ship.", style="concise", split="train")])
+    write_caption_csv(bad, [dict(image="SARimages/nope.png", caption="One ship.", style="concise", split="train")])
     with pytest.raises(SarlangError, match=r"Caption-training.csv row 1: image 'SARimages/nope.png' not found"): R.finetune_clip(bad, tmp_path/"o")
 
 class _Done:
@@ -310,7 +310,7 @@ def test_cli(world, narrated, tmp_path, capsys):
     r = _cli("narrate", str(tmp_path/"extra.json"), str(world), str(tmp_path/"n2"))
     assert r.returncode == 3 and "9999999" in r.stderr and "0000003" not in r.stderr   # partial: one image missing, the rest written
     rep = json.loads(r.stdout); assert rep["narrated"] == len(coco["images"]) - 1
-    back = formats.read_captions(tmp_path/"n2"/"captions.csv", root=world)      # the file name gives no split: captions.csv
+    back = read_captions(tmp_path/"n2"/"captions.csv", root=world)      # the file name gives no split: captions.csv
     assert len(back) == rep["captions_written"] >= 2*rep["narrated"] and all("split" not in x for x in back)
     r = _cli("eval", f"{narrated/'Caption_test.csv'},{narrated/'Caption_test1.csv'}", "--out", str(tmp_path/"m.json"))
     assert r.returncode == 0, r.stderr
@@ -361,7 +361,7 @@ def test_stage_paper_profile_narrates_a_detection_folder(world, tmp_path):
     R.tiny_clip(2).save(tmp_path/"clip")
     res = R.run_stage(rd, captions="narrated", det_root=str(world/"detection"), clip_path=str(tmp_path/"clip"), max_steps=2, batch_size=8)
     assert res["narration"]["failed"] == 0 and res["provenance"]["captions"].endswith("from detection boxes")   # no masks here
-    recs = formats.read_captions(rd.path/"Text"/"narration"/"Caption_test1.csv", root=world/"detection")
+    recs = read_captions(rd.path/"Text"/"narration"/"Caption_test1.csv", root=world/"detection")
     assert recs and all(r["image"].startswith("JPEGImages/test/") and (world/"detection"/r["image"]).is_file() for r in recs)
 
 # ---------------------------------------------------------------- distributed loss

@@ -181,7 +181,7 @@ def test_bad_image_template_is_a_clear_error(tmp_path, capsys, tpl, msg):
 @pytest.mark.parametrize("prefix", [False, True])
 def test_guessed_application_agrees_with_the_generator(real, prefix):
     "A VQA_result.csv carries no application: the guess from the wording must give back what 05_vqa assigned."
-    from sarlang_nb.formats import guess_application
+    from sarlang_nb.prompts import guess_application
     recs = list(vqa.vqa_records(real[0], seed=1, prefix=prefix))
     wrong = [(r["question"], r["answer"], r["application"]) for r in recs
              if guess_application(r["question"], r["answer"]) != r["application"]]
