@@ -3,7 +3,7 @@ import csv, json, os, shutil
 from pathlib import Path
 import pytest
 from sarlang_nb.core import SarlangError, open_run, RunDir, write_json
-from sarlang_nb import splits as SP, formats as F
+from sarlang_nb import splits as SP, records as R
 from sarlang_nb.testing import demo_records
 
 os.environ["SARLANG_PROGRESS"] = "0"
@@ -29,13 +29,13 @@ def test_smoke_run_split_rules_and_layout(run):
         if scenes[k]["source"] == "sardet": assert (r["rule"], r["split"]) == ("sardet", scenes[k]["split"])   # source split kept
         else: assert (r["rule"], r["split"]) == ("caption", SP.hash_split(k, run.config["seed"]))        # 7:3 hash split
         assert len(r["sha256"]) == 64
-    rel = F.load_release(run.path, check_images=False)
+    rel = R.load_release(run.path, check_images=False)
     for kind in ("captions", "vqa"):
         assert rel[kind] and all(r["split"] == per[SP.image_key(r)]["split"] for r in rel[kind])
-    test1 = F.read_captions(run.path/"Text/caption/Caption_test1.csv")
+    test1 = R.read_captions(run.path/"Text/caption/Caption_test1.csv")
     assert test1 and {r["style"] for r in test1} == {"concise"} and {r["split"] for r in test1} == {"test"}
-    assert {r["source"] for r in F.read_vqa(run.path/"Text/VQA/train/SARVQA1_train.json")} == {"sardet"}
-    assert {r["source"] for r in F.read_vqa(run.path/"Text/VQA/test/SARVQA2_test.json")} <= {"paired"}
+    assert {r["source"] for r in R.read_vqa(run.path/"Text/VQA/train/SARVQA1_train.json")} == {"sardet"}
+    assert {r["source"] for r in R.read_vqa(run.path/"Text/VQA/test/SARVQA2_test.json")} <= {"paired"}
     info = json.loads((run.path/"dataset_info.json").read_text())
     for v in info.values():               # LLaMA-Factory can load every registered file as it is
         recs = json.loads((run.path/v["file_name"]).read_text())
@@ -63,7 +63,7 @@ def test_adding_ten_percent_more_images_keeps_old_splits(run, tmp_path):
     caps = [json.loads(l) for l in (recs/"captions.jsonl").read_text().splitlines() if l.strip()]
     extra_ids = [f"{9000000 + i:07d}" for i in range(max(1, len(old) // 10))]
     more = [dict(caps[i % len(caps)], image=f"SARimages/{k}.png", image_id=k) for i, k in enumerate(extra_ids)]
-    F.write_json_records(recs/"captions.jsonl", caps + more)
+    R.write_json_records(recs/"captions.jsonl", caps + more)
     SP.split_run(rd)
     new = _image_splits(rd)
     assert set(new) == set(old) | set(extra_ids)
@@ -80,7 +80,7 @@ def test_leakage_by_content_is_caught(run, tmp_path, cli):
     shutil.copy(src, rd.path/"SARimages"/f"{new}.png")
     recs = rd.path/"Text/records"
     caps = [json.loads(l) for l in (recs/"captions.jsonl").read_text().splitlines() if l.strip()]
-    F.write_json_records(recs/"captions.jsonl", caps + [dict(caps[0], image=f"SARimages/{new}.png", image_id=new)])
+    R.write_json_records(recs/"captions.jsonl", caps + [dict(caps[0], image=f"SARimages/{new}.png", image_id=new)])
     r = cli("sarlang-split", "run", rd.path)
     assert r.returncode == 1 and "LEAKAGE" in r.stderr and "identical image files" in r.stderr and new in r.stderr
 
@@ -99,7 +99,7 @@ def test_check_detects_a_hand_edited_release(run, tmp_path, cli):
 def test_bad_records(tmp_path, cli):
     caps, vqa = demo_records(10, 4)
     bad = [dict(r, split=None) if r["source"] == "sardet" else r for r in vqa]
-    F.write_json_records(tmp_path/"v.jsonl", bad)
+    R.write_json_records(tmp_path/"v.jsonl", bad)
     r = cli("sarlang-split", "records", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"out")
     assert r.returncode == 1 and "keep their source split" in r.stderr
     (tmp_path/"broken.jsonl").write_text('{"image": "SARimages/0000001.png", "question": "q?", "answer": "a"}\n{oops\n')
@@ -115,10 +115,10 @@ def test_bad_records(tmp_path, cli):
 
 def test_records_cli_writes_layout_and_require_images(tmp_path, cli):
     caps, vqa = demo_records(20, 6)
-    F.write_json_records(tmp_path/"c.jsonl", caps); F.write_json_records(tmp_path/"v.jsonl", vqa)
+    R.write_json_records(tmp_path/"c.jsonl", caps); R.write_json_records(tmp_path/"v.jsonl", vqa)
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel", "--seed", "3")
     assert r.returncode == 0, r.stderr
-    rel = F.load_release(tmp_path/"rel")
+    rel = R.load_release(tmp_path/"rel")
     assert len(rel["captions"]) == len(caps) and len(rel["vqa"]) == len(vqa)
     assert {r["split"] for r in rel["captions"] if r["image_id"] == "0000001"} == {SP.hash_split("0000001", 3)}
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--out", tmp_path/"rel2", "--require-images")
@@ -135,8 +135,8 @@ def test_paper_profile_finds_images_under_data_root(tmp_path):
         p = data/r["image"]
         if not p.exists(): Image.fromarray(np.full((4, 4), int(r["image_id"]), np.uint8)).save(p)
     rd = open_run(tmp_path/"run", "paper", data_root=str(data), workflow="rebuild")
-    F.write_json_records(rd.path/"Text/records/captions.jsonl", caps)
-    F.write_json_records(rd.path/"Text/records/vqa.jsonl", vqa)
+    R.write_json_records(rd.path/"Text/records/captions.jsonl", caps)
+    R.write_json_records(rd.path/"Text/records/vqa.jsonl", vqa)
     with pytest.raises(SarlangError, match="needs stage 05_vqa, which has not completed"): SP.split_run(rd)
     rd.write_manifest("05_vqa", [rd.records/"vqa.jsonl"]); rd.write_manifest("06_captions", [rd.records/"captions.jsonl"])  # as if they ran
     res = SP.split_run(rd, require_images=True)
@@ -175,7 +175,7 @@ def test_a_damaged_hash_cache_is_ignored(tmp_path):
 def test_duplicate_records_within_a_split_are_reported(tmp_path, cli):
     "Issue 17 (duplicate rows pass silently): a caption or QA record given twice is counted in the report and named on stderr."
     caps, vqa = demo_records(12, 4)
-    F.write_json_records(tmp_path/"c.jsonl", caps + caps[:2]); F.write_json_records(tmp_path/"v.jsonl", vqa + vqa[-1:])
+    R.write_json_records(tmp_path/"c.jsonl", caps + caps[:2]); R.write_json_records(tmp_path/"v.jsonl", vqa + vqa[-1:])
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c.jsonl", "--vqa", tmp_path/"v.jsonl", "--out", tmp_path/"rel")
     assert r.returncode == 0, r.stderr
     assert "1 VQA record(s) (same image, question and answer) and 2 caption record(s)" in r.stderr
@@ -183,7 +183,7 @@ def test_duplicate_records_within_a_split_are_reported(tmp_path, cli):
     assert rep["duplicate_caption_records_within_split"] == 2 and rep["duplicate_qa_records_within_split"] == 1
     r = cli("sarlang-split", "check", tmp_path/"rel")
     assert r.returncode == 0 and "2 caption record(s)" in r.stderr, r.stderr
-    F.write_json_records(tmp_path/"c1.jsonl", caps)
+    R.write_json_records(tmp_path/"c1.jsonl", caps)
     r = cli("sarlang-split", "records", "--captions", tmp_path/"c1.jsonl", "--out", tmp_path/"rel1")
     assert r.returncode == 0 and "repeat within their split" not in r.stderr
 
