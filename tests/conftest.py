@@ -23,3 +23,13 @@ def shared_data():
     p = sd()
     if p is None: pytest.skip("../shared/data is not beside the checkout")
     return p
+
+
+def stage_notebook(path, *sources):
+    "Write a made-up stage notebook: a papermill `parameters` cell (run_dir, profile), then one code cell per source."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('run_dir = None\nprofile = "smoke"'); p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, *[nbformat.v4.new_code_cell(s) for s in sources]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, path)

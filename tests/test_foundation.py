@@ -2,7 +2,7 @@
 import json, os, subprocess, sys, zipfile
 from pathlib import Path
 import nbformat, pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stage_notebook as _nb
 from sarlang_nb.core import SarlangError, RunDir, resolve_config
 from sarlang_nb.reproduce import stage_notebooks
 
@@ -42,13 +42,6 @@ def test_smoke_run_resume_and_no_secret_leak(tmp_path):
     (run/"config.json").unlink()
     r = run_cli("sarlang-reproduce", "--run-dir", run, "--stages", "00,01", "--resume")
     assert "ran 1 stage(s): 00_core" in r.stdout, r.stdout
-
-def _nb(path, *sources):
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('run_dir = None\nprofile = "smoke"'); p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, *[nbformat.v4.new_code_cell(s) for s in sources]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    nbformat.write(nb, path)
 
 def test_failing_stage_names_notebook_and_cell(tmp_path):
     nbs = tmp_path/"nbs"; nbs.mkdir()

@@ -2,17 +2,10 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import nbformat, pytest
-from conftest import run_cli, BIN
+from conftest import stage_notebook as _nb, run_cli, BIN
 from sarlang_nb.core import RunDir
 
 LINUX = Path("/proc/self/stat").exists()
-
-def _nb(path, *sources):
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('run_dir = None\nprofile = "smoke"'); p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, *[nbformat.v4.new_code_cell(s) for s in sources]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    nbformat.write(nb, path)
 
 # The stage: the first time it starts a worker process, leaves a half-written atomic write open and hangs;
 # the next time it completes.
