@@ -686,4 +686,5 @@ def run_stage(rd:RunDir,           # the run
               **overrides):        # other config keys, e.g. `n_scenes=500`
     "Stage 00: write (or update, see `update_config`) the run's resolved configuration; returns the stage's manifest."
     update_config(rd, profile, data_root=data_root, model_paths=model_paths or None, **overrides)
-    return rd.write_manifest("00_core", [rd.config_file])
+    rd.write_manifest("00_core", [rd.config_file])
+    return rd.manifest("00_core")
